@@ -1,0 +1,36 @@
+"""hf-minitron: Minitron-style structured pruning and knowledge distillation for Hugging Face causal LMs.
+
+Importing the package is cheap: public names load their modules on first use (trl, peft and datasets are only
+imported by the stages that need them).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it (relative to this package). Each stage adds its own names here.
+_LAZY = {
+    "load_causal_lm": "loading",
+    "save_model": "loading",
+    "default_teacher_gguf": "loading",
+    "get_adapter": "arch",
+    "SUPPORTED_MODEL_TYPES": "arch",
+    "count_parameters": "arch",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'hf_minitron' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

