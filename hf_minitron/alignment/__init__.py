@@ -1,0 +1,1 @@
+"""Teacher correction and alignment (SteerLM-style attribute-conditioned SFT, DPO) on TRL."""

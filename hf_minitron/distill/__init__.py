@@ -1,0 +1,1 @@
+"""Logit knowledge distillation: losses, DistillationConfig and DistillationTrainer (TRL subclasses)."""
