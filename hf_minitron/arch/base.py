@@ -86,6 +86,7 @@ class ArchAdapter:
     - ``embedding_scale_power``: the embedding output is multiplied by ``hidden_size ** power`` (Gemma: 0.5).
     - ``per_layer_config_fields``: config lists with one entry per layer (sliced by depth pruning).
     - ``hidden_norm_names``: norms over the hidden size inside each decoder layer, in forward order.
+    - ``norm_eps_field``: the config field holding the RMSNorm epsilon.
     """
 
     family: ClassVar[str] = "base"
@@ -95,6 +96,7 @@ class ArchAdapter:
     per_layer_config_fields: ClassVar[tuple[str, ...]] = ("layer_types",)
     hidden_norm_names: ClassVar[tuple[str, ...]] = ("input_layernorm", "post_attention_layernorm")
     has_qk_norm: ClassVar[bool] = False
+    norm_eps_field: ClassVar[str] = "rms_norm_eps"
 
     def __init__(self, model: nn.Module):
         self.model = model
@@ -227,6 +229,26 @@ class ArchAdapter:
             for name, (got, want) in expect.items():
                 if got != want:
                     raise ValueError(f"layer {i}: {name} is {got}, config implies {want}")
+
+    def pruned_config(self, *, hidden_size: int, intermediate_size: int, num_attention_heads: int,
+                      num_key_value_heads: int, kept_layers: list[int]):
+        """This model's config after structured pruning: sizes rewritten, ``head_dim`` written explicitly (it no
+        longer follows from ``hidden_size / num_attention_heads``), per-layer lists (``per_layer_config_fields``)
+        sliced to the kept layers (old indices, ascending), and the norm epsilon multiplied by
+        ``old_hidden / hidden_size``: with norm weights scaled by ``sqrt(old_hidden / hidden_size)`` an RMSNorm over
+        the kept channels then equals the original one whenever the removed channels are zero (exactly, eps
+        included). Per-head norms share the epsilon and see it grow by the same factor."""
+        d = self.config.to_dict()
+        d.update(hidden_size=hidden_size, intermediate_size=intermediate_size, num_attention_heads=num_attention_heads,
+                 num_key_value_heads=num_key_value_heads, num_hidden_layers=len(kept_layers),
+                 head_dim=self.sizes().head_dim)
+        eps = d.get(self.norm_eps_field)
+        if eps is not None and hidden_size != self.config.hidden_size:
+            d[self.norm_eps_field] = eps * self.config.hidden_size / hidden_size
+        for name in self.per_layer_config_fields:
+            if d.get(name) is not None:
+                d[name] = [d[name][i] for i in kept_layers]
+        return type(self.config).from_dict(d)
 
     def summary(self) -> dict:
         """Sizes and parameter counts, as printed by ``hf-minitron info``."""

@@ -1,0 +1,332 @@
+"""Structured pruning to a target architecture: ``prune_model(model, targets, scores)``.
+
+Width: keep the highest-scoring embedding channels, MLP neurons, KV groups and query heads (the same number in every
+layer, so the result is a stock config). Depth: drop layers by a depth criterion or an explicit list. The pruned
+weights are loaded into a fresh model built from the target config, so module attributes, ``layer_idx`` and the
+rotary/embedding buffers are exactly those of a model trained at that size; ``save_pretrained`` output loads with
+``AutoModelForCausalLM.from_pretrained`` and no custom code.
+
+Exactness: removing units that carry no signal (zero activations, identity layers, hidden channels that are zero in
+the residual stream) leaves the logits unchanged. RMSNorms average over fewer channels afterwards, so their weights
+are multiplied by ``sqrt(hidden / new_hidden)``; a ``hidden ** p`` embedding scale (Gemma) is compensated in the
+embedding weights (and, when tied, in the final norm); the norm epsilon in the config grows by ``hidden / new_hidden``
+so the eps term scales too (per-head ``q_norm``/``k_norm`` share that epsilon: for them the change is of the order
+``eps / mean(q**2)``, negligible).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .arch import get_adapter
+from .importance import ImportanceScores
+
+TARGET_FIELDS = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "num_hidden_layers")
+
+
+@dataclass
+class PruningTargets:
+    """Target sizes (``None`` = keep). ``num_hidden_layers`` drops layers by ``depth_criterion`` (``None``: the best
+    criterion the scores hold, see :data:`DEPTH_PREFERENCE`); ``drop_layers`` names them explicitly instead."""
+
+    hidden_size: int | None = None
+    intermediate_size: int | None = None
+    num_attention_heads: int | None = None
+    num_key_value_heads: int | None = None
+    num_hidden_layers: int | None = None
+    drop_layers: Sequence[int] | None = None
+    depth_criterion: str | None = None
+
+    @classmethod
+    def parse(cls, value) -> "PruningTargets":
+        if isinstance(value, PruningTargets):
+            return value
+        if not isinstance(value, dict):
+            raise TypeError(f"targets must be a dict or PruningTargets, got {type(value).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise ValueError(f"unknown pruning target(s) {unknown}; valid targets: {sorted(known)}")
+        return cls(**value)
+
+
+#: Order in which ``depth_criterion=None`` picks a criterion present in the scores (see the README benchmark).
+DEPTH_PREFERENCE = ("block", "lm_loss", "block_influence")
+
+
+@dataclass(frozen=True)
+class PruningPlan:
+    """What to keep (old indices, ascending): layers, per kept layer the query heads / KV groups / neurons, and the
+    hidden channels. ``None`` = keep all."""
+
+    kept_layers: list[int]
+    dropped_layers: list[int]
+    heads: dict[int, list[int]] | None
+    kv_groups: dict[int, list[int]] | None
+    neurons: dict[int, list[int]] | None
+    channels: list[int] | None
+    sizes: dict
+    depth_criterion: str | None
+
+
+# --- validation + planning -----------------------------------------------------------------------------------------
+def plan_pruning(model, targets, scores: ImportanceScores | None) -> PruningPlan:
+    """Validate ``targets`` against the model and the scores (every error names its field) and choose what to keep."""
+    t = PruningTargets.parse(targets)
+    a = get_adapter(model)
+    src = a.sizes()
+    for name in TARGET_FIELDS:
+        value = getattr(t, name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"targets.{name}={value!r}; must be an int")
+        if value < 1:
+            raise ValueError(f"targets.{name}={value}; must be >= 1")
+        if value > getattr(src, name):
+            raise ValueError(f"targets.{name}={value} is larger than the model's {getattr(src, name)}; pruning only "
+                             "shrinks a model")
+
+    # depth
+    L = src.num_hidden_layers
+    drop: list[int] | None = None
+    if t.drop_layers is not None:
+        drop = [int(i) for i in t.drop_layers]
+        bad = [i for i in drop if not 0 <= i < L]
+        if bad:
+            raise ValueError(f"targets.drop_layers has unknown layer index(es) {bad}; the model has layers 0..{L - 1}")
+        if len(set(drop)) != len(drop):
+            raise ValueError(f"targets.drop_layers={drop} repeats a layer index")
+        if len(drop) >= L:
+            raise ValueError(f"targets.drop_layers removes all {L} layers; keep at least one")
+        if t.num_hidden_layers is not None and t.num_hidden_layers != L - len(drop):
+            raise ValueError(f"targets.num_hidden_layers={t.num_hidden_layers} but targets.drop_layers leaves "
+                             f"{L - len(drop)} layers; give one of them")
+    new_layers = t.num_hidden_layers if t.num_hidden_layers is not None else L - len(drop or [])
+    criterion = None
+    if drop is None and new_layers < L:
+        if scores is None:
+            raise ValueError("targets.num_hidden_layers needs importance scores (scores=None); pass scores from "
+                             "estimate_importance or an explicit targets.drop_layers list")
+        available = scores.available_depth_criteria(L - new_layers)
+        criterion = t.depth_criterion
+        if criterion is None:
+            criterion = next((c for c in DEPTH_PREFERENCE if c in available), None)
+            if criterion is None:
+                raise ValueError("targets.num_hidden_layers: the scores hold no depth criterion; re-run "
+                                 "estimate_importance with depth_criteria=('block_influence', 'lm_loss')")
+        elif criterion not in available:
+            hint = (f"block_sizes=({L - new_layers},)" if criterion == "block" else f"'{criterion}' in depth_criteria")
+            raise ValueError(f"targets.depth_criterion={criterion!r} is not available in the scores (available for "
+                             f"dropping {L - new_layers} layers: {available}); re-run estimate_importance with {hint}")
+
+    # attention heads
+    ratio = src.num_attention_heads // src.num_key_value_heads
+    kv = t.num_key_value_heads if t.num_key_value_heads is not None else src.num_key_value_heads
+    if t.num_attention_heads is not None:
+        heads = t.num_attention_heads
+        if heads % kv:
+            raise ValueError(f"targets.num_attention_heads={heads} is not a multiple of num_key_value_heads={kv}; "
+                             "query heads are removed equally within each KV group")
+        if heads // kv > ratio:
+            raise ValueError(f"targets.num_attention_heads={heads} with num_key_value_heads={kv} needs {heads // kv} "
+                             f"query heads per KV group but the model has {ratio}")
+    else:
+        heads = kv * ratio
+
+    new = dict(hidden_size=t.hidden_size or src.hidden_size,
+               intermediate_size=t.intermediate_size or src.intermediate_size,
+               num_attention_heads=heads, num_key_value_heads=kv, num_hidden_layers=new_layers)
+    width_needs = {"channels": new["hidden_size"] < src.hidden_size,
+                   "neurons": new["intermediate_size"] < src.intermediate_size,
+                   "heads": heads < src.num_attention_heads}
+    field_of = {"channels": "hidden_size", "neurons": "intermediate_size", "heads": "num_attention_heads"}
+    if any(width_needs.values()) and scores is None:
+        first = next(k for k, v in width_needs.items() if v)
+        raise ValueError(f"targets.{field_of[first]} needs importance scores (scores=None); pass scores from "
+                         "estimate_importance")
+    if scores is not None:
+        scores.check_model(model)
+
+    # the target config must build (family constraints), checked on the meta device before any real work
+    if drop is None:
+        drop = scores.layers_to_drop(L - new_layers, criterion) if new_layers < L else []
+    kept = [i for i in range(L) if i not in set(drop)]
+    config = a.pruned_config(kept_layers=kept, **{k: v for k, v in new.items() if k != "num_hidden_layers"})
+    try:
+        _build(config, device="meta", dtype=model.dtype)
+    except Exception as err:  # noqa: BLE001 - re-raised with the targets named
+        raise ValueError(f"targets {_shown(new)} do not give a valid {model.config.model_type} config: {err}") from err
+
+    # what to keep
+    def top(values: torch.Tensor, k: int) -> list[int]:
+        return sorted(int(i) for i in torch.topk(values.float(), k, sorted=False).indices)
+
+    head_keep = group_keep = None
+    if heads < src.num_attention_heads:
+        group_scores = scores.kv_group_scores(src.num_key_value_heads)
+        head_keep, group_keep = {}, {}
+        for i in kept:
+            groups = top(group_scores[i], kv)
+            per_group = heads // kv
+            chosen = []
+            for g in groups:
+                members = scores.heads[i, g * ratio : (g + 1) * ratio]
+                chosen += [g * ratio + j for j in top(members, per_group)]
+            head_keep[i], group_keep[i] = chosen, groups
+    neuron_keep = ({i: top(scores.neurons[i], new["intermediate_size"]) for i in kept}
+                   if width_needs["neurons"] else None)
+    channel_keep = top(scores.channels, new["hidden_size"]) if width_needs["channels"] else None
+    return PruningPlan(kept_layers=kept, dropped_layers=sorted(drop), heads=head_keep, kv_groups=group_keep, neurons=neuron_keep,
+                       channels=channel_keep, sizes=new, depth_criterion=criterion)
+
+
+def _shown(d: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in d.items())
+
+
+def _build(config, device, dtype):
+    from transformers import AutoModelForCausalLM
+    from transformers.initialization import no_init_weights
+
+    with torch.device(device), no_init_weights():
+        return AutoModelForCausalLM.from_config(config, dtype=dtype)
+
+
+# --- weight slicing ------------------------------------------------------------------------------------------------
+def _rows(slices, per_slice_index) -> dict[int, tuple[nn.Linear, list[torch.Tensor]]]:
+    """Group kept output rows by linear (fused projections collect the rows of all their slices, in slice order)."""
+    out: dict[int, tuple[nn.Linear, list[torch.Tensor]]] = {}
+    for sl, idx in zip(slices, per_slice_index):
+        rows = torch.arange(sl.size) if idx is None else idx
+        out.setdefault(id(sl.linear), (sl.linear, []))[1].append(rows + sl.start)
+    return out
+
+
+def _channel_rows(units: list[int] | None, width: int) -> torch.Tensor | None:
+    """Row indices of ``width``-wide units (heads) ``units``."""
+    if units is None:
+        return None
+    return (torch.tensor(units)[:, None] * width + torch.arange(width)[None, :]).flatten()
+
+
+@torch.no_grad()
+def _pruned_state_dict(model, plan: PruningPlan) -> dict[str, torch.Tensor]:
+    a = get_adapter(model)
+    src = a.sizes()
+    names = {id(m): n for n, m in model.named_modules()}
+    sd = dict(model.state_dict(keep_vars=False))
+    new: dict[str, torch.Tensor] = {}
+    ch = None if plan.channels is None else torch.tensor(plan.channels)
+
+    def put_linear(linear: nn.Linear, rows: torch.Tensor | None, cols: torch.Tensor | None):
+        w = linear.weight
+        if rows is not None:
+            w = w.index_select(0, rows.to(w.device))
+        if cols is not None:
+            w = w.index_select(1, cols.to(w.device))
+        new[names[id(linear)] + ".weight"] = w
+        if linear.bias is not None:
+            b = linear.bias if rows is None else linear.bias.index_select(0, rows.to(linear.bias.device))
+            new[names[id(linear)] + ".bias"] = b
+
+    ratio = 1.0 if ch is None else src.hidden_size / len(plan.channels)
+
+    def put_norm(norm: nn.Module, scale: float):
+        eff = a.effective_norm_weight(norm)
+        if ch is not None:
+            eff = eff.index_select(0, ch.to(eff.device))
+        new[names[id(norm)] + ".weight"] = (eff * scale - a.norm_weight_offset).to(norm.weight.dtype)
+
+    norm_scale = math.sqrt(ratio)
+    for i in plan.kept_layers:
+        attn, mlp = a.attention(i), a.mlp(i)
+        q_idx = _channel_rows(None if plan.heads is None else plan.heads[i], src.head_dim)
+        kv_idx = _channel_rows(None if plan.kv_groups is None else plan.kv_groups[i], src.head_dim)
+        n_idx = None if plan.neurons is None else torch.tensor(plan.neurons[i])
+        readers = _rows([attn.q, attn.k, attn.v], [q_idx, kv_idx, kv_idx])
+        readers.update(_rows([s for s in (mlp.gate, mlp.up) if s is not None],
+                             [n_idx for s in (mlp.gate, mlp.up) if s is not None]))
+        for linear, rows in readers.values():
+            all_rows = torch.cat(rows)
+            put_linear(linear, None if all_rows.numel() == linear.out_features and torch.equal(
+                all_rows, torch.arange(linear.out_features)) else all_rows, ch)
+        put_linear(attn.o, ch, q_idx)
+        put_linear(mlp.down, ch, n_idx)
+        for norm in a.hidden_norms(i):
+            put_norm(norm, norm_scale)
+
+    emb = a.embed_tokens
+    emb_ratio = a.embedding_scale() / a.embedding_scale(plan.sizes["hidden_size"])
+    w = emb.weight if ch is None else emb.weight.index_select(1, ch.to(emb.weight.device))
+    new[names[id(emb)] + ".weight"] = (w.float() * emb_ratio).to(w.dtype) if emb_ratio != 1.0 else w
+    put_norm(a.final_norm, norm_scale / (emb_ratio if a.tied_embeddings else 1.0))
+    head_name = names[id(a.lm_head)] + ".weight"
+    if a.tied_embeddings:
+        new[head_name] = new[names[id(emb)] + ".weight"]
+    else:
+        put_linear(a.lm_head, None, ch)
+
+    # everything else is copied; layers are renumbered
+    layers_prefix = names[id(a.layers)] + "."
+    renumber = {old: k for k, old in enumerate(plan.kept_layers)}
+    out: dict[str, torch.Tensor] = {}
+    for key, value in sd.items():
+        tensor = new.get(key, value)
+        if key.startswith(layers_prefix):
+            old, rest = key[len(layers_prefix):].split(".", 1)
+            if int(old) not in renumber:
+                continue
+            key = f"{layers_prefix}{renumber[int(old)]}.{rest}"
+        out[key] = tensor
+    # no storage is shared with the source model
+    source_ptrs = {t.data_ptr() for t in sd.values()}
+    return {k: (v.clone() if v.data_ptr() in source_ptrs else v) for k, v in out.items()}
+
+
+# --- public entry point --------------------------------------------------------------------------------------------
+def prune_model(model, targets, scores: ImportanceScores | str | os.PathLike | None = None, *,
+                out_dir: str | os.PathLike | None = None, tokenizer=None, overwrite: bool = False):
+    """Prune ``model`` to ``targets`` (dict or :class:`PruningTargets`) using ``scores`` (an
+    :class:`ImportanceScores` or a directory written by ``ImportanceScores.save``) and return the new model.
+
+    The source model is not modified. Every target is validated before any work. With ``out_dir``, the pruned model
+    (and ``tokenizer``) is written with the atomic :func:`~hf_minitron.loading.save_model`. The result lives on the
+    source model's device (on CPU when the source is spread over several devices).
+    """
+    if out_dir is not None:
+        out = Path(out_dir).expanduser()
+        if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not overwrite)):
+            raise FileExistsError(f"out_dir {out} exists and is not an empty directory; choose another or pass "
+                                  "overwrite=True")
+    if isinstance(scores, (str, os.PathLike)):
+        scores = ImportanceScores.load(scores, model=model)
+    plan = plan_pruning(model, targets, scores)
+    a = get_adapter(model)
+    s = plan.sizes
+    config = a.pruned_config(kept_layers=plan.kept_layers, **{k: v for k, v in s.items() if k != "num_hidden_layers"})
+    state = _pruned_state_dict(model, plan)
+    pruned = _build(config, device="cpu", dtype=model.dtype)
+    pruned.load_state_dict({k: v.cpu() for k, v in state.items()}, strict=True, assign=True)
+    pruned.tie_weights()
+    devices = {p.device for p in model.parameters()}
+    if len(devices) == 1 and next(iter(devices)).type != "cpu":
+        pruned.to(next(iter(devices)))
+    pruned.eval()
+    pruned.config.name_or_path = getattr(model.config, "name_or_path", "") or ""
+    get_adapter(pruned).check_consistent()
+    if out_dir is not None:
+        from .loading import save_model
+
+        save_model(pruned, tokenizer, out_dir, overwrite=overwrite)
+    return pruned
+
+
+__all__ = ["DEPTH_PREFERENCE", "PruningPlan", "PruningTargets", "plan_pruning", "prune_model"]
