@@ -18,6 +18,12 @@ _LAZY = {
     "get_adapter": "arch",
     "SUPPORTED_MODEL_TYPES": "arch",
     "count_parameters": "arch",
+    "DistillationTrainer": "distill",
+    "DistillationConfig": "distill",
+    "estimate_importance": "importance",
+    "ImportanceScores": "importance",
+    "prune_model": "pruning",
+    "PruningTargets": "pruning",
 }
 
 __all__ = sorted(_LAZY)
