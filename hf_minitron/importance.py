@@ -263,8 +263,11 @@ def _as_batch(item) -> tuple[torch.Tensor, torch.Tensor | None]:
 
 
 def _is_loader(calib) -> bool:
+    """A DataLoader / iterable of batches (including a list of tensors or dicts), as opposed to texts or blocks."""
+    if isinstance(calib, (list, tuple)):
+        return bool(calib) and not isinstance(calib[0], str)
     return isinstance(calib, torch.utils.data.DataLoader) or (
-        not isinstance(calib, (str, os.PathLike, list, tuple, torch.Tensor)) and not hasattr(calib, "column_names")
+        not isinstance(calib, (str, os.PathLike, torch.Tensor)) and not hasattr(calib, "column_names")
         and isinstance(calib, Iterable))
 
 
@@ -461,11 +464,13 @@ def estimate_importance(
     # --- batches (this rank's shard) ---
     if _is_loader(calib):
         batches, total, calib_fp, global_loss_limit = _loader_batches(calib, num_samples), None, None, False
+        block_len = None
     else:
         blocks = calibration_blocks(calib, tokenizer, seq_len, num_samples, text_field)
         from .data import fingerprint
 
         calib_fp = fingerprint(blocks)
+        block_len = int(blocks.shape[1])
         local = torch.arange(rank, blocks.shape[0], world)
         batches = ((blocks[idx], None, idx) for idx in local.split(batch_size))
         total = math.ceil(local.numel() / batch_size)
@@ -553,7 +558,7 @@ def estimate_importance(
     manifest = {
         "model": model_identity(model),
         "calibration": {"fingerprint": calib_fp, "samples": int(samples), "tokens": int(tokens),
-                        "seq_len": seq_len if not _is_loader(calib) else None, "world_size": world},
+                        "seq_len": block_len, "world_size": world},
         "settings": {"aggregation": asdict(agg), "batch_size": batch_size, "num_samples": num_samples,
                      "depth_criteria": list(criteria), "block_sizes": list(block_sizes),
                      "loss_num_samples": loss_num_samples},
