@@ -268,6 +268,7 @@ class DistillationTrainer(SFTTrainer):
         # over the shifted labels (position i predicts label i + 1)
         self.model_accepts_loss_kwargs = True
         self._loss_shifts_labels = True
+        self._loss_sums: dict[str, list[float]] = {}
         self.teacher_model = self._prepare_teacher(teacher_model)
         self.projections = self._attach_projections(teacher_model)
 
@@ -367,6 +368,7 @@ class DistillationTrainer(SFTTrainer):
         return w * pair[0] / pair[1].clamp_min(1e-12)
 
     def _log_parts(self, mode, inputs, parts, hidden_sum, weight) -> None:
+        """Accumulate token sums of the loss parts (all processes); ``log`` turns them into per-token means."""
         device = parts.kd.device
         zero = torch.zeros((), device=device)
         stats = torch.stack([
@@ -375,20 +377,30 @@ class DistillationTrainer(SFTTrainer):
             torch.tensor(float(parts.num_tokens), device=device),
         ])
         stats = self.accelerator.gather(stats).reshape(-1, 4).sum(0).tolist()
-        n = max(stats[3], 1.0)
-        metrics = self._metrics[mode]
-        metrics["kd_loss"].append(stats[0] / n)
-        metrics["ce_loss"].append(stats[1] / n)
-        if hidden_sum is not None:
-            metrics["intermediate_loss"].append(stats[2] / n)
-            metrics["intermediate_weight"].append(float(weight))
+        sums = self._loss_sums.setdefault(mode, [0.0, 0.0, 0.0, 0.0])
+        for i, value in enumerate(stats):
+            sums[i] += value
+        if weight is not None:
+            self._metrics[mode]["intermediate_weight"].append(float(weight))
         if mode == "train":
             if "attention_mask" in inputs:
                 local = inputs["attention_mask"].sum()
             else:
                 local = torch.tensor(inputs["input_ids"].numel(), device=inputs["input_ids"].device)
             self._total_train_tokens += int(self.accelerator.gather(local.reshape(1)).sum()) // self._tp_size
-        metrics["num_tokens"] = [self._total_train_tokens]
+        self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "train" if self.model.training else "eval"
+        sums = self._loss_sums.pop(mode, None)
+        if sums is not None:
+            prefix = "eval_" if mode == "eval" else ""
+            n = max(sums[3], 1.0)
+            logs[f"{prefix}kd_loss"] = sums[0] / n
+            logs[f"{prefix}ce_loss"] = sums[1] / n
+            if self._layer_pairs:
+                logs[f"{prefix}intermediate_loss"] = sums[2] / n
+        super().log(logs, start_time)
 
     # --- checkpoints: projections travel beside the student's weights, never inside them -------------------------
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):

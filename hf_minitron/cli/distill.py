@@ -1,0 +1,78 @@
+"""``hf-minitron distill``: logit-distil a teacher into a student with ``DistillationTrainer`` and save the student.
+
+Every ``DistillationConfig`` field (TRL/transformers training arguments included) is a flag (``--max_steps``,
+``--per_device_train_batch_size``, ``--max_length``, ``--learning_rate``, ``--kd_loss``, ...) or a key of a YAML file
+given with ``--config`` (TRL's parser: command-line flags override the file).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+COMMAND = "distill"
+HELP = "Distil a teacher into a (pruned) student with logit KD (DistillationTrainer); save the student atomically."
+ORDER = 40
+
+
+@dataclass
+class DistillScriptArguments:
+    """What to distil and where the student goes (the training settings are ``DistillationConfig`` fields)."""
+
+    student: str | None = field(default=None, metadata={"help": "Student: model directory, Hub id or .gguf file."})
+    teacher: str = field(default="default", metadata={
+        "help": "Teacher: model directory, Hub id or .gguf file (default: the embedded SmolLM2-135M-Instruct)."})
+    data: str | None = field(default=None, metadata={
+        "help": "Training data: .txt (one document per line), .jsonl/.json/.parquet/.csv, a saved dataset "
+                "directory or a datasets name. Text, chat 'messages', prompt/completion or Alpaca records."})
+    out: str | None = field(default=None, metadata={"help": "Directory the distilled student is saved to."})
+    data_split: str = field(default="train", metadata={"help": "Split of a datasets name."})
+    data_config: str | None = field(default=None, metadata={"help": "Config name of a datasets name."})
+    max_samples: int | None = field(default=None, metadata={"help": "Use only the first N examples."})
+    student_dtype: str = field(default="float32", metadata={
+        "help": "dtype the student is loaded (and trained) in: float32, bfloat16 or float16."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace a non-empty --out directory."})
+
+
+def _parser():
+    from trl import TrlParser
+
+    from ..distill import DistillationConfig
+
+    return TrlParser((DistillScriptArguments, DistillationConfig), prog="hf-minitron distill", description=HELP)
+
+
+def _check_script_args(script) -> None:
+    missing = [name for name in ("student", "data", "out") if not getattr(script, name)]
+    if missing:
+        raise SystemExit(f"hf-minitron distill: missing required {', '.join('--' + m for m in missing)}")
+    out = Path(script.out).expanduser()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not script.overwrite:
+        raise SystemExit(f"hf-minitron distill: --out {out} exists and is not empty; choose another directory or "
+                         "pass --overwrite")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _parser()
+    script, config = parser.parse_args_and_config(argv)
+    _check_script_args(script)
+    if config.output_dir in (None, "trainer_output"):
+        config.output_dir = str(Path(script.out).expanduser()) + ".run"  # checkpoints and logs beside the student
+
+    from ..distill import DistillationTrainer
+    from ..distill.data import load_sft_dataset
+    from ..loading import load_causal_lm
+
+    dataset = load_sft_dataset(script.data, text_field=config.dataset_text_field, split=script.data_split,
+                               name=script.data_config, max_samples=script.max_samples)
+    student, tokenizer = load_causal_lm(script.student, dtype=script.student_dtype,
+                                        trust_remote_code=config.trust_remote_code)
+    trainer = DistillationTrainer(student, args=config, train_dataset=dataset, processing_class=tokenizer,
+                                  teacher_model=script.teacher)
+    result = trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
+    path = trainer.save_student(script.out, overwrite=script.overwrite)
+    if trainer.accelerator.is_main_process:
+        print(f"distilled student saved to {path} ({result.global_step} steps, train loss {result.training_loss:.4f})")
+    return 0
