@@ -182,6 +182,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser(argv[0])
     args = parse_with_recipe(parser, argv[1:])
     check_out_dir(parser, args)
-    report = run_dpo(parser, args) if argv[0] == "dpo" else run_steerlm(parser, args)
+    from ..alignment.data import AlignmentDataError
+
+    try:
+        report = run_dpo(parser, args) if argv[0] == "dpo" else run_steerlm(parser, args)
+    except (AlignmentDataError, FileNotFoundError) as err:
+        print(f"hf-minitron align {argv[0]}: error: {err}", file=sys.stderr)
+        return 2
     print(json.dumps({"out": args.out, **report}, indent=2))
     return 0

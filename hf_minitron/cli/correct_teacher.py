@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from .align import add_common_args, check_out_dir, parse_with_recipe, settings_from_args
 
@@ -36,12 +37,16 @@ def main(argv: list[str] | None = None) -> int:
     check_out_dir(parser, args)
 
     from ..alignment.correction import correct_teacher
-    from ..alignment.data import load_sft_data
+    from ..alignment.data import AlignmentDataError, load_sft_data
     from ..data import split_held_out, token_blocks
     from ..evaluation import mean_nll
     from ..loading import load_causal_lm
 
-    data = load_sft_data(args.data, text_field=args.text_field, limit=args.limit)  # validate before loading the model
+    try:  # validate every record before loading the model
+        data = load_sft_data(args.data, text_field=args.text_field, limit=args.limit)
+    except (AlignmentDataError, FileNotFoundError, ValueError) as err:
+        print(f"hf-minitron correct-teacher: error: {err}", file=sys.stderr)
+        return 2
     train, held = (split_held_out(list(data), args.held_out) if args.held_out > 0 else (list(data), []))
     model, tok = load_causal_lm(args.model, trust_remote_code=args.trust_remote_code)
     report = {"records_train": len(train), "records_held_out": len(held)}
