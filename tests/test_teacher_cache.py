@@ -1,0 +1,201 @@
+"""Offline teacher cache: contents against the teacher's own logits, resume after an interruption, per-process shards,
+refusal of mismatched settings, detection of truncated/corrupt shards, the sampled kind, the collator and the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+from hf_minitron.teacher_cache import (
+    TeacherCache, TeacherCacheCollator, TeacherCacheError, cache_index_dataset, finalize_teacher_cache, merge_draws,
+    write_teacher_cache,
+)
+from hf_minitron.testing import tiny_model, tiny_tokenizer
+from conftest import random_ids
+
+N_SEQ, SEQ, K = 5, 12, 8
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = tiny_model("llama").eval()
+    return model, tiny_tokenizer(), random_ids(model.config.vocab_size, batch=N_SEQ, seq=SEQ, seed=3)
+
+
+def shard_tensors(path: Path) -> dict:
+    """{(shard file, tensor name): tensor} of a finished cache (file bytes differ: safetensors headers are unordered)."""
+    from safetensors.torch import load_file
+
+    out = {}
+    for s in json.loads((path / "manifest.json").read_text())["shards"]:
+        out.update({(s["file"], k): v for k, v in load_file(path / s["file"]).items()})
+    return out
+
+
+def same_contents(a: Path, b: Path) -> bool:
+    ta, tb = shard_tensors(a), shard_tensors(b)
+    return ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
+
+
+def test_cache_holds_the_teachers_topk(setup, tmp_path):
+    model, tok, ids = setup
+    write_teacher_cache(model, tok, ids, tmp_path, top_k=K, temperature=2.0, shard_size=2, batch_size=3)
+    cache = TeacherCache(tmp_path)
+    assert len(cache) == N_SEQ and len(cache.shards) == 3
+    with torch.no_grad():
+        logp = torch.log_softmax(model(ids).logits.double() / 2.0, dim=-1)
+    for i in range(N_SEQ):
+        row = cache[i]
+        assert torch.equal(row["input_ids"], ids[i])
+        vals, top = logp[i].topk(K, dim=-1)
+        assert torch.equal(row["teacher_topk_ids"].long(), top)
+        assert row["teacher_topk_logprobs"].dtype == torch.float16
+        assert torch.allclose(row["teacher_topk_logprobs"].double(), vals, atol=2e-3, rtol=2e-3)
+        tail = torch.log1p(-vals.exp().sum(-1))
+        assert torch.allclose(row["teacher_tail_logmass"].double(), tail, atol=1e-4, rtol=1e-4)
+    # bytes per token: k ids (4 B) + k log-probs (2 B) + tail (4 B) + input id (4 B), plus small file headers
+    assert K * 6 + 8 <= cache.bytes_per_token < K * 6 + 8 + 60
+
+
+def test_interrupted_run_resumes_without_redoing_finished_shards(setup, tmp_path):
+    model, tok, ids = setup
+    full = tmp_path / "full"
+    write_teacher_cache(model, tok, ids, full, top_k=K, shard_size=2)
+
+    part = tmp_path / "part"
+
+    def stop_after_two(shard):
+        if shard == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_teacher_cache(model, tok, ids, part, top_k=K, shard_size=2, on_shard=stop_after_two)
+    with pytest.raises(TeacherCacheError, match="unfinished"):
+        TeacherCache(part)
+    stamps = {p.name: p.stat().st_mtime_ns for p in part.glob("shard-*.safetensors")}
+    assert sorted(stamps) == ["shard-00000.safetensors", "shard-00001.safetensors"]
+
+    seen = []
+    hook = model.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["input_ids"].shape[0]), with_kwargs=True)
+    try:
+        write_teacher_cache(model, tok, ids, part, top_k=K, shard_size=2)
+    finally:
+        hook.remove()
+    assert sum(seen) == 1  # only the last shard's one sequence ran through the teacher
+    assert {p.name: p.stat().st_mtime_ns for p in part.glob("shard-0000[01].safetensors")} == stamps
+    assert same_contents(part, full)
+    # a resume with other settings is refused before any work
+    with pytest.raises(TeacherCacheError, match="top_k=8.*top_k=4"):
+        write_teacher_cache(model, tok, ids, part, top_k=4, shard_size=2)
+
+
+def test_each_process_writes_its_own_shards(setup, tmp_path):
+    model, tok, ids = setup
+    single = tmp_path / "single"
+    write_teacher_cache(model, tok, ids, single, top_k=K, shard_size=1)
+    multi = tmp_path / "multi"
+    write_teacher_cache(model, tok, ids, multi, top_k=K, shard_size=1, process_index=1, num_processes=2,
+                        finalize=False)
+    with pytest.raises(TeacherCacheError, match="misses 3 of 5 shards"):
+        finalize_teacher_cache(multi)
+    write_teacher_cache(model, tok, ids, multi, top_k=K, shard_size=1, process_index=0, num_processes=2,
+                        finalize=False)
+    manifest = finalize_teacher_cache(multi)
+    assert [s["process_index"] for s in manifest["shards"]] == [0, 1, 0, 1, 0]
+    assert same_contents(multi, single)
+
+
+def test_mismatched_settings_are_refused(setup, tmp_path):
+    model, tok, ids = setup
+    write_teacher_cache(model, tok, ids, tmp_path, top_k=K, shard_size=4)
+    cache = TeacherCache(tmp_path)
+    cache.check_compatible(tokenizer=tok, max_length=SEQ, packing=True, temperature=1.0, tail="bucket",
+                           vocab_size=model.config.vocab_size)
+    other = tiny_tokenizer()
+    other.add_tokens(["<|extra|>"])
+    with pytest.raises(TeacherCacheError, match="tokenizer"):
+        cache.check_compatible(tokenizer=other)
+    with pytest.raises(TeacherCacheError, match="max_length=12.*max_length=16"):
+        cache.check_compatible(max_length=16)
+    with pytest.raises(TeacherCacheError, match="packing"):
+        cache.check_compatible(packing=False)
+    with pytest.raises(TeacherCacheError, match="temperature"):
+        cache.check_compatible(temperature=2.0, tail="bucket")
+    cache.check_compatible(temperature=2.0, tail="renormalize")  # exact re-tempering
+    with pytest.raises(TeacherCacheError, match="--sampled"):
+        cache.check_compatible(tail="sampled")
+    with pytest.raises(TeacherCacheError, match="data_fingerprint"):
+        cache.check_compatible(data_fingerprint="0" * 16)
+
+
+def test_truncated_and_corrupt_shards_are_detected(setup, tmp_path):
+    model, tok, ids = setup
+    write_teacher_cache(model, tok, ids, tmp_path, top_k=K, shard_size=2)
+    shard = tmp_path / "shard-00001.safetensors"
+    data = bytearray(shard.read_bytes())
+    data[-10] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.raises(TeacherCacheError, match="shard-00001.*corrupt"):
+        TeacherCache(tmp_path)
+    shard.write_bytes(bytes(data[:-100]))
+    with pytest.raises(TeacherCacheError, match="shard-00001.*truncated"):
+        TeacherCache(tmp_path, verify=False)
+    # the resume path rebuilds the damaged shard
+    write_teacher_cache(model, tok, ids, tmp_path, top_k=K, shard_size=2)
+    assert len(TeacherCache(tmp_path)) == N_SEQ
+
+
+def test_merge_draws_gives_distinct_ids_with_count_weights():
+    g = torch.Generator().manual_seed(0)
+    draws = torch.randint(0, 6, (50, 8), generator=g)  # many repeats among 6 ids
+    fill = torch.stack([torch.randperm(40, generator=g)[:8] for _ in range(50)])
+    ids, logw = merge_draws(draws, fill)
+    for d, f, i, w in zip(draws, fill, ids, logw):
+        assert len(set(i.tolist())) == 8
+        got = {int(a): float(b.exp()) for a, b in zip(i, w) if b > float("-inf")}
+        assert got == pytest.approx({a: c / 8 for a, c in Counter(d.tolist()).items()})
+        assert set(i.tolist()) - set(got) <= set(f.tolist())
+
+
+def test_sampled_cache_and_collator(setup, tmp_path):
+    model, tok, _ = setup
+    ids = random_ids(model.config.vocab_size, batch=3, seq=SEQ, seed=4)
+    mask = torch.ones_like(ids)
+    mask[1, 7:] = 0
+    write_teacher_cache(model, tok, ids, tmp_path, top_k=K, attention_mask=mask, kind="sampled", shard_size=2)
+    cache = TeacherCache(tmp_path)
+    cache.check_compatible(tail="sampled", packing=False)
+    batch = TeacherCacheCollator(cache)([{"cache_index": 1}, {"cache_index": 2}])
+    assert torch.equal(batch["input_ids"], ids[1:])
+    assert (batch["labels"][0, 7:] == -100).all() and torch.equal(batch["labels"][1], ids[2])
+    assert batch["teacher_topk_ids"].shape == (2, SEQ, K)
+    w = batch["teacher_topk_logprobs"].float().exp().sum(-1)
+    assert torch.allclose(w, torch.ones_like(w), atol=1e-3)
+    for row in batch["teacher_topk_ids"].reshape(-1, K):
+        assert len(set(row.tolist())) == K
+    ds = cache_index_dataset(cache)
+    assert ds["cache_index"] == [0, 1, 2] and ds[2]["input_ids"] == ids[2].tolist()
+
+
+def test_cli_builds_a_cache(tmp_path, capsys):
+    from hf_minitron.cli import main
+    from hf_minitron.loading import save_model
+
+    model_dir = tmp_path / "teacher"
+    save_model(tiny_model("llama"), tiny_tokenizer(), model_dir)
+    data = tmp_path / "data.txt"
+    data.write_text("\n".join(f"document number {i} says hello to the cache" for i in range(12)))
+    out = tmp_path / "cache"
+    rc = main(["cache-teacher", str(model_dir), "--data", str(data), "--top-k", "4", "--max-length", "16",
+               "--shard-size", "3", "--out", str(out)])
+    assert rc == 0
+    cache = TeacherCache(out)
+    assert cache.settings.top_k == 4 and cache.settings.max_length == 16 and cache.settings.packing
+    assert f"{cache.bytes_per_token} bytes/token" in capsys.readouterr().out
+    with pytest.raises(FileNotFoundError):
+        main(["cache-teacher", str(model_dir), "--data", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "c2")])
