@@ -33,6 +33,10 @@ _LAZY = {
     "ImportanceScores": "importance",
     "prune_model": "pruning",
     "PruningTargets": "pruning",
+    "topk_kl_loss": "kernels.topk_kl",
+    "fused_linear_topk_kl_loss": "kernels.topk_kl",
+    "TeacherCache": "teacher_cache",
+    "write_teacher_cache": "teacher_cache",
 }
 
 __all__ = sorted(_LAZY)
