@@ -475,7 +475,34 @@ def cache_index_dataset(cache: TeacherCache):
                                        "cache_index": list(range(len(cache)))})
 
 
+def prepare_cache_training(args, model, processing_class, *, teacher_model=None, train_dataset=None,
+                           data_collator=None):
+    """``(cache, train_dataset, data_collator)`` for a ``DistillationTrainer`` that trains from ``args.teacher_cache``
+    with no teacher in memory. Refuses, before any training, a teacher or dataset passed as well, a loss other than
+    ``topk_kl``, intermediate-state losses, and a cache built for another tokenizer, vocabulary, sequence length,
+    temperature or tail kind."""
+    if teacher_model is not None:
+        raise ValueError("pass either teacher_model or teacher_cache (--cache), not both: training from the cache "
+                         "needs no teacher in memory")
+    if train_dataset is not None:
+        raise ValueError("the teacher cache holds the training tokens: do not pass train_dataset (--data) together "
+                         "with teacher_cache; build the cache from that data with `hf-minitron cache-teacher`")
+    if args.kd_loss != "topk_kl":
+        raise ValueError(f"teacher_cache holds top-k teacher statistics, kd_loss={args.kd_loss!r} needs full teacher "
+                         "logits: set kd_loss='topk_kl' (--kd_loss topk_kl) or pass a teacher instead of the cache")
+    if getattr(args, "intermediate_layer_map", None):
+        raise ValueError("intermediate_layer_map needs the teacher's hidden states, which a teacher cache does not "
+                         "hold: unset it or train with the teacher in memory")
+    cache = TeacherCache(args.teacher_cache)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    cache.check_compatible(tokenizer=processing_class, max_length=args.max_length, temperature=args.temperature,
+                           tail=args.topk_tail, vocab_size=int(base.get_output_embeddings().weight.shape[0]))
+    args.dataset_kwargs = {**(args.dataset_kwargs or {}), "skip_prepare_dataset": True}
+    args.remove_unused_columns = False  # keep `cache_index` for the collator
+    return cache, cache_index_dataset(cache), data_collator or TeacherCacheCollator(cache)
+
+
 __all__ = [
     "CacheSettings", "TeacherCache", "TeacherCacheCollator", "TeacherCacheError", "cache_index_dataset",
-    "encode_texts", "finalize_teacher_cache", "merge_draws", "teacher_topk", "tokenizer_hash", "write_teacher_cache",
+    "encode_texts", "finalize_teacher_cache", "merge_draws", "prepare_cache_training", "teacher_topk", "tokenizer_hash", "write_teacher_cache",
 ]

@@ -199,3 +199,82 @@ def test_cli_builds_a_cache(tmp_path, capsys):
     assert f"{cache.bytes_per_token} bytes/token" in capsys.readouterr().out
     with pytest.raises(FileNotFoundError):
         main(["cache-teacher", str(model_dir), "--data", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "c2")])
+
+
+# --- training from the cache (DistillationTrainer with no teacher in memory) -----------------------------------------
+def _config(tmp_path, **kw):
+    from hf_minitron.distill import DistillationConfig
+
+    base = dict(output_dir=str(tmp_path / "run"), use_cpu=True, bf16=False, per_device_train_batch_size=2,
+                max_steps=2, learning_rate=1e-3, logging_steps=1, report_to=[], save_strategy="no",
+                gradient_checkpointing=False, max_length=SEQ, kd_loss="topk_kl", teacher_cache=None)
+    base.update(kw)
+    return DistillationConfig(**base)
+
+
+@pytest.mark.parametrize("tail", ["bucket", "renormalize"])
+def test_trainer_loss_from_cache_matches_reference(setup, tmp_path, tail):
+    from hf_minitron.distill import DistillationTrainer
+    from hf_minitron.kernels.topk_kl import topk_kl_reference
+
+    teacher, tok, ids = setup
+    write_teacher_cache(teacher, tok, ids, tmp_path / "cache", top_k=K, shard_size=2)
+    student = tiny_model("llama", seed=1)
+    trainer = DistillationTrainer(student, args=_config(tmp_path, teacher_cache=str(tmp_path / "cache"),
+                                                        topk_tail=tail, ce_weight=0.5),
+                                  processing_class=tok)
+    assert trainer.teacher_model is None
+    batch = trainer.data_collator([{"cache_index": 3}, {"cache_index": 0}])
+    ref_batch = {k: v.clone() for k, v in batch.items()}
+    loss = trainer.compute_loss(student, batch, num_items_in_batch=torch.tensor(2 * (SEQ - 1)))
+    with torch.no_grad():
+        logits = student(input_ids=ref_batch["input_ids"]).logits.double()
+    mask = torch.ones(2, SEQ, dtype=torch.bool)
+    mask[:, -1] = False  # the last position predicts nothing
+    kd = topk_kl_reference(logits, ref_batch["teacher_topk_ids"], ref_batch["teacher_topk_logprobs"].double(),
+                           ref_batch["teacher_tail_logmass"].double(), tail=tail, valid=mask)
+    ce = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
+                                           ref_batch["input_ids"][:, 1:].reshape(-1))
+    assert float(loss) == pytest.approx(float(kd + 0.5 * ce), rel=1e-5)
+    before = [p.detach().clone() for p in student.parameters()]
+    trainer.train()
+    assert any(not torch.equal(a, b) for a, b in zip(before, student.parameters()))
+
+
+def test_trainer_refuses_mismatched_cache(setup, tmp_path):
+    from hf_minitron.distill import DistillationConfig, DistillationTrainer
+
+    teacher, tok, ids = setup
+    write_teacher_cache(teacher, tok, ids, tmp_path / "cache", top_k=K, shard_size=2)
+    cache = str(tmp_path / "cache")
+    with pytest.raises(ValueError, match="kd_loss='topk_kl' and teacher_cache go together"):
+        DistillationConfig(output_dir=str(tmp_path), use_cpu=True, teacher_cache=cache)
+    other = tiny_tokenizer()
+    other.add_tokens(["<|extra|>"])
+    with pytest.raises(TeacherCacheError, match="tokenizer"):
+        DistillationTrainer(tiny_model("llama"), args=_config(tmp_path, teacher_cache=cache), processing_class=other)
+    with pytest.raises(TeacherCacheError, match="max_length"):
+        DistillationTrainer(tiny_model("llama"), args=_config(tmp_path, teacher_cache=cache, max_length=64),
+                            processing_class=tok)
+    with pytest.raises(TeacherCacheError, match="--sampled"):
+        DistillationTrainer(tiny_model("llama"), args=_config(tmp_path, teacher_cache=cache, topk_tail="sampled"),
+                            processing_class=tok)
+    with pytest.raises(ValueError, match="not both"):
+        DistillationTrainer(tiny_model("llama"), args=_config(tmp_path, teacher_cache=cache), processing_class=tok,
+                            teacher_model=teacher)
+
+
+def test_distill_cli_trains_from_cache(setup, tmp_path):
+    from hf_minitron.cli import main
+    from hf_minitron.loading import load_causal_lm, save_model
+
+    teacher, tok, ids = setup
+    write_teacher_cache(teacher, tok, ids, tmp_path / "cache", top_k=K, shard_size=2)
+    save_model(tiny_model("llama", seed=2), tok, tmp_path / "student")
+    rc = main(["distill", "--student", str(tmp_path / "student"), "--cache", str(tmp_path / "cache"),
+               "--out", str(tmp_path / "out"), "--max_steps", "2", "--per_device_train_batch_size", "2",
+               "--use_cpu", "--bf16", "false", "--report_to", "none", "--save_strategy", "no",
+               "--gradient_checkpointing", "false", "--topk_tail", "renormalize"])
+    assert rc == 0
+    trained, _ = load_causal_lm(tmp_path / "out")
+    assert not torch.equal(trained.model.embed_tokens.weight, tiny_model("llama", seed=2).model.embed_tokens.weight)
