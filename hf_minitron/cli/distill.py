@@ -43,8 +43,9 @@ def _parser():
     return TrlParser((DistillScriptArguments, DistillationConfig), prog="hf-minitron distill", description=HELP)
 
 
-def _check_script_args(script) -> None:
-    missing = [name for name in ("student", "data", "out") if not getattr(script, name)]
+def _check_script_args(script, cached: bool = False) -> None:
+    missing = [name for name in ("student", "data", "out") if not getattr(script, name)
+               and not (name == "data" and cached)]
     if missing:
         raise SystemExit(f"hf-minitron distill: missing required {', '.join('--' + m for m in missing)}")
     out = Path(script.out).expanduser()
@@ -53,11 +54,34 @@ def _check_script_args(script) -> None:
                          "pass --overwrite")
 
 
+def _cache_argv(argv: list[str]) -> list[str]:
+    """``--cache CACHE``: train from an offline teacher cache (``hf-minitron cache-teacher``) instead of a teacher and
+    data: becomes ``--teacher_cache CACHE`` plus, unless given, ``--kd_loss topk_kl`` and the cache's ``--max_length``."""
+    if not any(a == "--cache" or a.startswith("--cache=") for a in argv):
+        return argv
+    out, cache = [], None
+    it = iter(argv)
+    for a in it:
+        if a == "--cache" or a.startswith("--cache="):
+            cache = a.split("=", 1)[1] if "=" in a else next(it, None)
+            out += ["--teacher_cache", str(cache)]
+        else:
+            out.append(a)
+    given = {a.split("=", 1)[0] for a in argv}
+    if "--kd_loss" not in given:
+        out += ["--kd_loss", "topk_kl"]
+    if "--max_length" not in given:
+        from ..teacher_cache import TeacherCache
+
+        out += ["--max_length", str(TeacherCache(cache, verify=False).settings.max_length)]
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = _cache_argv(list(sys.argv[1:] if argv is None else argv))
     parser = _parser()
     script, config = parser.parse_args_and_config(argv)
-    _check_script_args(script)
+    _check_script_args(script, cached=config.teacher_cache is not None)
     if config.output_dir in (None, "trainer_output"):
         config.output_dir = str(Path(script.out).expanduser()) + ".run"  # checkpoints and logs beside the student
 
@@ -65,12 +89,19 @@ def main(argv: list[str] | None = None) -> int:
     from ..distill.data import load_sft_dataset
     from ..loading import load_causal_lm
 
-    dataset = load_sft_dataset(script.data, text_field=config.dataset_text_field, split=script.data_split,
-                               name=script.data_config, max_samples=script.max_samples)
+    dataset = None
+    if config.teacher_cache is not None:  # the cache holds the tokens; --data, if given, must be what it was built on
+        if script.data:
+            raise SystemExit("hf-minitron distill: --cache supplies the training tokens; drop --data (build the cache "
+                             "from that data with `hf-minitron cache-teacher`)")
+    else:
+        dataset = load_sft_dataset(script.data, text_field=config.dataset_text_field, split=script.data_split,
+                                   name=script.data_config, max_samples=script.max_samples)
     student, tokenizer = load_causal_lm(script.student, dtype=script.student_dtype,
                                         trust_remote_code=config.trust_remote_code)
+    teacher = None if config.teacher_cache is not None else script.teacher
     trainer = DistillationTrainer(student, args=config, train_dataset=dataset, processing_class=tokenizer,
-                                  teacher_model=script.teacher)
+                                  teacher_model=teacher)
     result = trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     path = trainer.save_student(script.out, overwrite=script.overwrite)
     if trainer.accelerator.is_main_process:

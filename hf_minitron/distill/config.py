@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from trl import SFTConfig
 
 from .intermediate import INTERMEDIATE_LOSSES
-from .losses import KD_LOSSES
+from .losses import KD_LOSSES, TOPK_KD_LOSS
 
 
 def _gpu_bf16_available() -> bool:
@@ -45,7 +45,8 @@ class DistillationConfig(SFTConfig):
 
     kd_loss: str = field(
         default="forward_kl",
-        metadata={"help": "Distillation divergence.", "choices": list(KD_LOSSES)},
+        metadata={"help": "Distillation divergence ('topk_kl': top-k KL against teacher_cache).",
+                  "choices": [*KD_LOSSES, TOPK_KD_LOSS]},
     )
     temperature: float = field(
         default=1.0,
@@ -90,12 +91,28 @@ class DistillationConfig(SFTConfig):
         default=True,
         metadata={"help": "Scale the intermediate-state loss to the logit loss's magnitude on every micro-batch."},
     )
+    teacher_cache: str | None = field(
+        default=None,
+        metadata={"help": "Train from an offline teacher cache (`hf-minitron cache-teacher`) with no teacher in "
+                          "memory; needs kd_loss='topk_kl'. The cache supplies the training tokens."},
+    )
+    topk_tail: str = field(
+        default="bucket",
+        metadata={"help": "kd_loss='topk_kl': how the teacher's mass outside its stored ids counts: 'bucket' (one "
+                          "extra class), 'renormalize' (teacher renormalised over its top-k) or 'sampled' (a "
+                          "--sampled cache; unbiased in expectation).", "choices": ["bucket", "renormalize", "sampled"]},
+    )
 
     def __post_init__(self):
         if self.bf16 is None and not self.fp16:
             self.bf16 = _gpu_bf16_available() and not self.use_cpu
-        if self.kd_loss not in KD_LOSSES:
-            raise ValueError(f"kd_loss={self.kd_loss!r}; choose one of {', '.join(KD_LOSSES)}")
+        if self.kd_loss not in (*KD_LOSSES, TOPK_KD_LOSS):
+            raise ValueError(f"kd_loss={self.kd_loss!r}; choose one of {', '.join((*KD_LOSSES, TOPK_KD_LOSS))}")
+        if (self.kd_loss == TOPK_KD_LOSS) != (self.teacher_cache is not None):
+            raise ValueError("kd_loss='topk_kl' and teacher_cache go together: build a cache with `hf-minitron "
+                             "cache-teacher` and set teacher_cache (--cache) with kd_loss='topk_kl'")
+        if self.topk_tail not in ("bucket", "renormalize", "sampled"):
+            raise ValueError(f"topk_tail={self.topk_tail!r}; choose bucket, renormalize or sampled")
         if not self.temperature > 0:
             raise ValueError(f"temperature={self.temperature}; must be > 0 (1.0 is the Minitron setting)")
         if self.kd_loss == "jsd" and not 0.0 < self.jsd_beta < 1.0:

@@ -25,6 +25,7 @@ from typing import NamedTuple
 import torch
 
 KD_LOSSES = ("forward_kl", "reverse_kl", "jsd")
+TOPK_KD_LOSS = "topk_kl"  # top-k KL against an offline teacher cache: topk_distillation_loss
 
 # Default chunk: about this many logits (tokens x vocab) per chunk, i.e. 16 MiB per fp32 temporary.
 DEFAULT_CHUNK_ELEMENTS = 1 << 22
@@ -203,9 +204,85 @@ def distillation_loss(
         if tgt.numel() and (int(tgt.min()) < 0 or int(tgt.max()) >= vocab_size):
             raise ValueError(f"targets must be token ids in [0, {vocab_size}) at counted positions "
                              f"(got {int(tgt.min())}..{int(tgt.max())}); mask out ignored positions")
+    if kind == "forward_kl" and vocab_size == v_s == v_t and _kernel_applies(student):
+        return _kernel_forward_kl(student, teacher, mask, temperature, targets, ce_weight)
     chunk = chunk_size or default_chunk_size(vocab_size)
     if chunk < 1:
         raise ValueError(f"chunk_size={chunk_size}; must be >= 1")
     total, kd, ce = _ChunkedDistillation.apply(student, teacher, rows, tgt, kind, float(temperature), float(beta),
                                                float(ce_weight), int(chunk), int(vocab_size))
     return DistillationLossOutput(total, kd, ce, int(rows.numel()))
+
+
+# --- the fused kernels of hf_minitron.kernels.topk_kl: full-vocabulary forward KL on Triton, top-k KL from a cache ---
+
+def _kernel_applies(student: torch.Tensor) -> bool:
+    """Full-vocabulary forward KL runs on the Triton kernel where Triton runs (CUDA, or the interpreter in tests)."""
+    from ..kernels._triton import use_triton
+
+    return use_triton(student)
+
+
+def _cross_entropy_sum(student_logits, targets, mask, with_grad: bool):
+    """Cross-entropy at T=1 summed over counted tokens: the top-k KL with k=1 and tail='renormalize'."""
+    from ..kernels.topk_kl import topk_kl_loss
+
+    ids = targets.clamp(min=0).unsqueeze(-1)
+    logits = student_logits if with_grad else student_logits.detach()
+    return topk_kl_loss(logits, ids, torch.zeros(ids.shape, device=ids.device), tail="renormalize", valid=mask,
+                        num_items=1, inplace=False)
+
+
+def _finish(kd, ce, mask, targets, ce_weight, n_tokens) -> DistillationLossOutput:
+    zero = torch.zeros((), dtype=torch.float32, device=kd.device)
+    if targets is None:
+        return DistillationLossOutput(kd, kd.detach().float(), zero, n_tokens)
+    total = kd + ce_weight * ce if ce_weight != 0.0 else kd
+    return DistillationLossOutput(total, kd.detach().float(), ce.detach().float(), n_tokens)
+
+
+def _kernel_forward_kl(student, teacher, mask, temperature, targets, ce_weight) -> DistillationLossOutput:
+    from ..kernels.topk_kl import forward_kl_loss
+
+    valid = None if mask is None else mask.reshape(-1)
+    n_tokens = student.shape[0] if valid is None else int(valid.sum())
+    tgt = None if targets is None else targets.reshape(-1)
+    ce = None if tgt is None else _cross_entropy_sum(student, tgt, valid, with_grad=ce_weight != 0.0)
+    kd = forward_kl_loss(student, teacher, temperature=temperature, valid=valid, num_items=1, inplace=False)
+    return _finish(kd, ce, valid, tgt, ce_weight, n_tokens)
+
+
+def topk_distillation_loss(
+    student_logits: torch.Tensor,
+    teacher_ids: torch.Tensor,
+    teacher_logprobs: torch.Tensor,
+    teacher_tail_logmass: torch.Tensor | None,
+    mask: torch.Tensor | None = None,
+    *,
+    tail: str = "bucket",
+    temperature: float = 1.0,
+    cache_temperature: float = 1.0,
+    targets: torch.Tensor | None = None,
+    ce_weight: float = 0.0,
+) -> DistillationLossOutput:
+    """``kd_loss="topk_kl"``: top-k forward KL against cached teacher statistics (``hf_minitron.teacher_cache``),
+    summed over the counted tokens, through the fused kernel (``hf_minitron.kernels.topk_kl``; see there for the
+    ``tail`` choices and their bias). The student logits are consumed (overwritten with their gradient).
+
+    ``teacher_ids``/``teacher_logprobs`` ``[..., k]``, ``teacher_tail_logmass [...]``; the log-probs were stored at
+    ``cache_temperature`` (a different ``temperature`` is exact for ``tail="renormalize"``, refused otherwise).
+    """
+    from ..kernels.topk_kl import retemper_teacher_logprobs, topk_kl_loss
+
+    dev = student_logits.device
+    logw = retemper_teacher_logprobs(teacher_logprobs.to(dev), cache_temperature=cache_temperature,
+                                     temperature=temperature, tail=tail)
+    valid = None if mask is None else mask.to(dev)
+    n_tokens = student_logits[..., 0].numel() if valid is None else int(valid.sum())
+    ce = None
+    if targets is not None:  # before the KL: that call overwrites the logits with their gradient
+        ce = _cross_entropy_sum(student_logits, targets.to(dev), valid, with_grad=ce_weight != 0.0)
+    log_tail = None if teacher_tail_logmass is None or tail != "bucket" else teacher_tail_logmass.to(dev)
+    kd = topk_kl_loss(student_logits, teacher_ids.to(dev), logw, log_tail, tail=tail, temperature=temperature,
+                      valid=valid, num_items=1, inplace=True)
+    return _finish(kd, ce, valid, targets, ce_weight, n_tokens)

@@ -18,9 +18,11 @@ from trl import SFTTrainer
 
 from .config import DistillationConfig
 from .intermediate import PROJECTIONS_ATTR, HiddenProjections, intermediate_loss, parse_layer_map
-from .losses import distillation_loss
+from .losses import distillation_loss, topk_distillation_loss
 
 logger = logging.getLogger(__name__)
+
+TEACHER_KEYS = ("teacher_topk_ids", "teacher_topk_logprobs", "teacher_tail_logmass")  # = teacher_cache.TEACHER_KEYS
 
 PROJECTIONS_FILE = "distill_projections.safetensors"
 
@@ -219,8 +221,9 @@ class DistillationTrainer(SFTTrainer):
         if kwargs.get("compute_loss_func") is not None:
             raise ValueError("DistillationTrainer computes its own loss; compute_loss_func is not supported. "
                              "Choose the divergence with DistillationConfig(kd_loss=...).")
-        if teacher_model is None:
-            raise ValueError("teacher_model is required: pass a model or a path / Hub id / .gguf file.")
+        if teacher_model is None and getattr(args, "teacher_cache", None) is None:
+            raise ValueError("teacher_model is required: pass a model or a path / Hub id / .gguf file (or a "
+                             "teacher_cache built by `hf-minitron cache-teacher`).")
         args = _as_config(args, model)
 
         from ..loading import load_causal_lm
@@ -237,29 +240,38 @@ class DistillationTrainer(SFTTrainer):
             processing_class = AutoTokenizer.from_pretrained(_base_model(model).config._name_or_path,
                                                              trust_remote_code=args.trust_remote_code)
 
-        # Teacher
-        if isinstance(teacher_model, (str, os.PathLike)):
-            dtype = args.teacher_dtype or _param_dtype(model)
-            teacher_model, t_tok = load_causal_lm(teacher_model, dtype=dtype,
-                                                  tokenizer=teacher_processing_class is None,
-                                                  trust_remote_code=args.trust_remote_code)
-            teacher_processing_class = teacher_processing_class if teacher_processing_class is not None else t_tok
-        check_causal_lm(teacher_model, "teacher")
-        if _base_model(teacher_model) is _base_model(model):
-            raise ValueError("teacher_model and model are the same object; pass a separate teacher.")
-        if teacher_processing_class is None:
-            warnings.warn("The teacher was passed as a model without teacher_processing_class: the tokenizers cannot "
-                          "be compared. Pass teacher_processing_class to check them.", stacklevel=2)
-        check_same_tokenizer(processing_class, teacher_processing_class)
-        self._shared_vocab = shared_vocab_size(model, teacher_model, processing_class, args.truncate_vocab)
-        check_logit_softcap(model, teacher_model)
-        self._layer_pairs = parse_layer_map(args.intermediate_layer_map, _num_layers(model), _num_layers(teacher_model))
-        if self._layer_pairs and _hidden_size(model) != _hidden_size(teacher_model):
-            if kwargs.get("optimizers", (None, None))[0] is not None:
-                raise ValueError("An intermediate-state loss with a learned projection needs the trainer to build the "
-                                 "optimizer (the projection is trained with the student): do not pass optimizers=.")
-        teacher_model.eval()
-        teacher_model.requires_grad_(False)
+        # Teacher: a model, or an offline cache of its top-k statistics (no teacher in memory)
+        self.teacher_cache = None
+        if args.teacher_cache is not None:
+            from ..teacher_cache import prepare_cache_training
+
+            self.teacher_cache, train_dataset, data_collator = prepare_cache_training(
+                args, model, processing_class, teacher_model=teacher_model, train_dataset=train_dataset,
+                data_collator=data_collator)
+            self._shared_vocab, self._layer_pairs = None, []
+        else:
+            if isinstance(teacher_model, (str, os.PathLike)):
+                dtype = args.teacher_dtype or _param_dtype(model)
+                teacher_model, t_tok = load_causal_lm(teacher_model, dtype=dtype,
+                                                      tokenizer=teacher_processing_class is None,
+                                                      trust_remote_code=args.trust_remote_code)
+                teacher_processing_class = teacher_processing_class if teacher_processing_class is not None else t_tok
+            check_causal_lm(teacher_model, "teacher")
+            if _base_model(teacher_model) is _base_model(model):
+                raise ValueError("teacher_model and model are the same object; pass a separate teacher.")
+            if teacher_processing_class is None:
+                warnings.warn("The teacher was passed as a model without teacher_processing_class: the tokenizers cannot "
+                              "be compared. Pass teacher_processing_class to check them.", stacklevel=2)
+            check_same_tokenizer(processing_class, teacher_processing_class)
+            self._shared_vocab = shared_vocab_size(model, teacher_model, processing_class, args.truncate_vocab)
+            check_logit_softcap(model, teacher_model)
+            self._layer_pairs = parse_layer_map(args.intermediate_layer_map, _num_layers(model), _num_layers(teacher_model))
+            if self._layer_pairs and _hidden_size(model) != _hidden_size(teacher_model):
+                if kwargs.get("optimizers", (None, None))[0] is not None:
+                    raise ValueError("An intermediate-state loss with a learned projection needs the trainer to build the "
+                                     "optimizer (the projection is trained with the student): do not pass optimizers=.")
+            teacher_model.eval()
+            teacher_model.requires_grad_(False)
 
         super().__init__(model, args=args, data_collator=data_collator, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, processing_class=processing_class, **kwargs)
@@ -269,7 +281,7 @@ class DistillationTrainer(SFTTrainer):
         self.model_accepts_loss_kwargs = True
         self._loss_shifts_labels = True
         self._loss_sums: dict[str, list[float]] = {}
-        self.teacher_model = self._prepare_teacher(teacher_model)
+        self.teacher_model = self._prepare_teacher(teacher_model) if teacher_model is not None else None
         self.projections = self._attach_projections(teacher_model)
 
     # --- setup ----------------------------------------------------------------------------------------------------
@@ -320,24 +332,32 @@ class DistillationTrainer(SFTTrainer):
         mode = "train" if self.model.training else "eval"
         args = self.args
         labels = inputs["labels"]
+        cached = {k: inputs.pop(k) for k in TEACHER_KEYS if k in inputs}  # from a teacher cache's collator
         model_inputs = {k: v for k, v in inputs.items() if k not in ("labels", "use_cache", "output_hidden_states")}
         want_hidden = bool(self._layer_pairs)
         outputs = model(**model_inputs, use_cache=False, output_hidden_states=want_hidden)
-        teacher = self._teacher_outputs(model_inputs)
 
         # Position i predicts label i + 1 (the last position predicts nothing). Shifting the labels, not the logits,
         # keeps the [batch, seq, vocab] tensors as contiguous views.
         targets = torch.full_like(labels, -100)
         targets[:, :-1] = labels[:, 1:]
         mask = targets != -100
-        teacher_logits = teacher.logits
-        if teacher_logits.device != outputs.logits.device:
-            teacher_logits = teacher_logits.to(outputs.logits.device)
-        parts = distillation_loss(
-            outputs.logits, teacher_logits, mask, kind=args.kd_loss, temperature=args.temperature,
-            beta=args.jsd_beta, targets=targets, ce_weight=args.ce_weight, chunk_size=args.kd_chunk_size,
-            vocab_size=self._shared_vocab,
-        )
+        if self.teacher_cache is not None:
+            parts = topk_distillation_loss(
+                outputs.logits, cached["teacher_topk_ids"], cached["teacher_topk_logprobs"],
+                cached["teacher_tail_logmass"], mask, tail=args.topk_tail, temperature=args.temperature,
+                cache_temperature=self.teacher_cache.settings.temperature, targets=targets, ce_weight=args.ce_weight,
+            )
+        else:
+            teacher = self._teacher_outputs(model_inputs)
+            teacher_logits = teacher.logits
+            if teacher_logits.device != outputs.logits.device:
+                teacher_logits = teacher_logits.to(outputs.logits.device)
+            parts = distillation_loss(
+                outputs.logits, teacher_logits, mask, kind=args.kd_loss, temperature=args.temperature,
+                beta=args.jsd_beta, targets=targets, ce_weight=args.ce_weight, chunk_size=args.kd_chunk_size,
+                vocab_size=self._shared_vocab,
+            )
         total = parts.loss
         hidden_sum = weight = None
         if want_hidden:
