@@ -8,7 +8,7 @@ import random
 import pytest
 import torch
 
-from conftest import random_ids
+from conftest import REPO_ROOT, random_ids
 from hf_minitron.alignment import AlignmentDataError, LoraSettings, TrainSettings, correct_teacher
 from hf_minitron.alignment.correction import build_correction_trainer
 from hf_minitron.data import token_blocks
@@ -86,9 +86,8 @@ def test_bad_input_fails_before_training(tokenizer, tmp_path):
     with pytest.raises(ValueError, match="method='adapter'"):
         correct_teacher(model, ["a b c"], tokenizer=tokenizer, method="adapter")
     with pytest.raises(AlignmentDataError, match=r"row 1: field 'messages\[1\].content' is empty"):
-        correct_teacher(model, [{"messages": [{"role": "user", "content": "q"}]},
-                                {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": " "}]}],
-                        tokenizer=tokenizer)
+        bad = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": " "}]}
+        correct_teacher(model, [{"messages": [{"role": "user", "content": "q"}]}, bad], tokenizer=tokenizer)
     with pytest.raises(AlignmentDataError, match="row 0: missing field.*'body'"):
         correct_teacher(model, [{"text": "x"}], tokenizer=tokenizer, text_field="body")
     with pytest.raises(ValueError, match="tokenizer is required"):
@@ -119,3 +118,14 @@ def test_cli_correct_teacher_writes_checkpoint(tokenizer, tmp_path, capsys):
     recipe.write_text("methd: full\n")
     with pytest.raises(SystemExit):
         main(["correct-teacher", str(src), "--data", str(data), "--out", str(tmp_path / "o2"), "--config", str(recipe)])
+
+
+@pytest.mark.parametrize("recipe", sorted((REPO_ROOT / "recipes").glob("align_*.yaml")), ids=lambda p: p.name)
+def test_recipes_use_known_options(recipe, tmp_path):
+    from hf_minitron.cli import align, correct_teacher
+    from hf_minitron.cli.align import parse_with_recipe
+
+    method = recipe.stem.removeprefix("align_")
+    parser = correct_teacher.build_parser() if method == "correct_teacher" else align.build_parser(method)
+    args = parse_with_recipe(parser, ["--data", "d.json", "--out", str(tmp_path / "o"), "--config", str(recipe)])
+    assert args.config == str(recipe) and args.lr is not None

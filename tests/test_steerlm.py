@@ -28,7 +28,8 @@ GEMMA_STYLE = (
     " + '\n' + m['content'] + '<end_of_turn>\n' }}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
 )
-USER_ONLY = "{% for m in messages %}{% if m['role'] == 'user' %}{{ 'Q: ' + m['content'] + '\n' }}{% endif %}{% endfor %}"
+USER_ONLY = ("{% for m in messages %}{% if m['role'] == 'user' %}{{ 'Q: ' + m['content'] + '\n' }}{% endif %}"
+             "{% endfor %}")
 
 
 def helpsteer_row(prompt="Name a colour.", response="Blue.", **overrides):

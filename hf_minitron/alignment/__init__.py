@@ -8,7 +8,14 @@
 
 from .correction import build_correction_trainer, correct_teacher
 from .data import AlignmentDataError, load_preference_data, load_sft_data
-from .dpo import PreferenceStats, build_dpo_trainer, completion_logprobs, preference_stats, train_dpo
+from .dpo import (
+    PreferenceStats,
+    build_dpo_trainer,
+    completion_logprobs,
+    preference_logps,
+    preference_stats,
+    train_dpo,
+)
 from .steerlm import (
     HELPSTEER_ATTRIBUTES,
     OASST_ATTRIBUTES,
@@ -26,5 +33,6 @@ __all__ = [
     "AlignmentDataError", "HELPSTEER_ATTRIBUTES", "LoraSettings", "OASST_ATTRIBUTES", "PreferenceStats",
     "TrainSettings", "annotate_attributes", "build_correction_trainer", "build_dpo_trainer", "build_steerlm_trainer",
     "completion_logprobs", "correct_teacher", "format_attributes", "generate_with_attributes", "load_preference_data",
-    "load_sft_data", "preference_stats", "steerlm_dataset", "train_dpo", "train_steerlm", "verbosity_labels",
+    "load_sft_data", "preference_logps", "preference_stats", "steerlm_dataset", "train_dpo", "train_steerlm",
+    "verbosity_labels",
 ]

@@ -23,7 +23,8 @@ REFERENCES = ("model", "precomputed")
 
 
 def build_dpo_trainer(model, tokenizer, data, *, beta: float = 0.1, reference: str = "model",
-                      settings: TrainSettings | None = None, lora: LoraSettings | None = None, limit: int | None = None):
+                      settings: TrainSettings | None = None, lora: LoraSettings | None = None,
+                      limit: int | None = None):
     """The configured ``trl.DPOTrainer`` (not yet trained) behind :func:`train_dpo`."""
     from trl import DPOConfig, DPOTrainer
 
@@ -123,18 +124,28 @@ class PreferenceStats:
                 "rejected_logp": self.rejected_logps.mean().item()}
 
 
-def preference_stats(model, ref_model, tokenizer, data, *, beta: float = 0.1, max_length: int | None = None,
-                     batch_size: int = 8, limit: int | None = None) -> PreferenceStats:
-    """Implicit rewards ``beta * log(pi/ref)`` of ``model`` vs ``ref_model`` on the chosen and rejected responses of
-    ``data`` (any form :func:`load_preference_data` accepts). ``ref_model=None`` uses ``model`` (rewards 0)."""
+def preference_logps(model, tokenizer, data, *, max_length: int | None = None, batch_size: int = 8,
+                     limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(chosen, rejected)`` summed log-probs ``[n]`` (nats) of ``model`` on preference ``data``."""
     pairs = load_preference_data(data, limit=limit)
     prompts = list(pairs["prompt"])
     kw = dict(max_length=max_length, batch_size=batch_size)
-    pol_c = completion_logprobs(model, tokenizer, prompts, list(pairs["chosen"]), **kw)
-    pol_r = completion_logprobs(model, tokenizer, prompts, list(pairs["rejected"]), **kw)
-    if ref_model is None:
-        ref_c, ref_r = pol_c, pol_r
+    return (completion_logprobs(model, tokenizer, prompts, list(pairs["chosen"]), **kw),
+            completion_logprobs(model, tokenizer, prompts, list(pairs["rejected"]), **kw))
+
+
+def preference_stats(model, ref_model, tokenizer, data, *, beta: float = 0.1, max_length: int | None = None,
+                     batch_size: int = 8, limit: int | None = None,
+                     reference_logps: tuple[torch.Tensor, torch.Tensor] | None = None) -> PreferenceStats:
+    """Implicit rewards ``beta * log(pi/ref)`` of ``model`` vs ``ref_model`` on the chosen and rejected responses of
+    ``data`` (any form :func:`load_preference_data` accepts). ``reference_logps`` (from :func:`preference_logps` of
+    the reference, e.g. the model before DPO) replaces ``ref_model``; with neither, the reference is ``model``."""
+    kw = dict(max_length=max_length, batch_size=batch_size, limit=limit)
+    pol_c, pol_r = preference_logps(model, tokenizer, data, **kw)
+    if reference_logps is not None:
+        ref_c, ref_r = reference_logps
+    elif ref_model is not None:
+        ref_c, ref_r = preference_logps(ref_model, tokenizer, data, **kw)
     else:
-        ref_c = completion_logprobs(ref_model, tokenizer, prompts, list(pairs["chosen"]), **kw)
-        ref_r = completion_logprobs(ref_model, tokenizer, prompts, list(pairs["rejected"]), **kw)
+        ref_c, ref_r = pol_c, pol_r
     return PreferenceStats(pol_c, pol_r, beta * (pol_c - ref_c), beta * (pol_r - ref_r))

@@ -3,7 +3,7 @@
 Format. Each training example is the model's own chat template rendered for ``prompt`` plus one assistant turn whose
 content is the attribute string, a newline, then the response::
 
-    <template up to and including the assistant header>helpfulness:4,correctness:4,...,verbosity:2\\n<response><end of turn>
+    <template up to and including the assistant header>helpfulness:4,...,verbosity:2\\n<response><end of turn>
 
 The attribute string lists ``name:value`` pairs (integers 0-4) in a fixed order: :data:`HELPSTEER_ATTRIBUTES`
 (helpfulness, correctness, coherence, complexity, verbosity), :data:`OASST_ATTRIBUTES` (quality, toxicity, humor,

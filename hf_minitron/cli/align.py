@@ -124,8 +124,7 @@ METHODS = {"dpo": "DPO on preference pairs (TRL DPOTrainer)", "steerlm": "SteerL
 
 def run_dpo(parser, args) -> dict:
     from ..alignment.data import load_preference_data, load_records
-    from ..alignment.dpo import preference_stats, train_dpo
-    from ..alignment.training import frozen_copy
+    from ..alignment.dpo import preference_logps, preference_stats, train_dpo
     from ..data import split_held_out
     from ..loading import load_causal_lm, save_model
 
@@ -135,14 +134,16 @@ def run_dpo(parser, args) -> dict:
     model, tok = load_causal_lm(args.model, trust_remote_code=args.trust_remote_code)
     settings, lora = settings_from_args(args, "dpo", args.lora)
     report = {"pairs_train": len(train_records), "pairs_held_out": len(held)}
-    ref = frozen_copy(model) if held else None
     kw = dict(beta=args.beta, max_length=args.max_length)
-    if held:
-        report["held_out_before"] = preference_stats(model, ref, tok, held, **kw).summary()
+    if held:  # the student before DPO is the reference: keep its log-probs, not a copy of the model
+        ref_logps = preference_logps(model, tok, held, max_length=args.max_length)
+        report["held_out_before"] = preference_stats(model, None, tok, held, reference_logps=ref_logps,
+                                                     **kw).summary()
     model = train_dpo(model, tok, train_records, beta=args.beta, reference=args.reference, settings=settings,
                       lora=lora)
     if held:
-        report["held_out_after"] = preference_stats(model, ref, tok, held, **kw).summary()
+        report["held_out_after"] = preference_stats(model, None, tok, held, reference_logps=ref_logps,
+                                                    **kw).summary()
     save_model(model, tok, args.out, overwrite=args.overwrite)
     return report
 
