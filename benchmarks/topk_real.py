@@ -1,0 +1,130 @@
+"""Real-model check: offline top-k KL from a teacher cache vs online full-vocabulary forward KL, same tokens.
+
+    .venv/bin/python benchmarks/topk_real.py                      # 40 steps of 4 x 256 tokens, k=64, tail=bucket
+    .venv/bin/python benchmarks/topk_real.py --steps 20 --tail renormalize
+
+Teacher: SmolLM2-135M-Instruct (the embedded GGUF). Student: the teacher depth-pruned to 15 layers (layers 14..28
+dropped, the Minitron choice of a contiguous block before the last layer). Data: ../shared/data/wiki_train.txt, the last
+10% of the articles held out. Both runs see the same token blocks in the same order (same seed) with the same
+optimiser settings; the offline run first writes the teacher cache with ``write_teacher_cache`` (what
+``hf-minitron cache-teacher`` runs) and then trains with no teacher in memory. Prints held-out perplexities, the
+relative gap (target: offline within 2% of online), cache bytes per token and wall times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data" / "wiki_train.txt"
+
+
+def _config(out, args, **kw):
+    from hf_minitron.distill import DistillationConfig
+
+    return DistillationConfig(
+        output_dir=str(out), use_cpu=True, bf16=False, per_device_train_batch_size=args.batch, max_steps=args.steps,
+        learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, logging_steps=max(1, args.steps // 4),
+        report_to=[], save_strategy="no", gradient_checkpointing=False, max_length=args.seq, seed=args.seed,
+        dataloader_num_workers=0, **kw)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--seq", type=int, default=256)
+    p.add_argument("--k", type=int, default=64)
+    p.add_argument("--tail", default="bucket", choices=["bucket", "renormalize", "sampled"])
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--held-out-blocks", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--keep", default=None, help="directory to keep the cache in (default: a temporary one)")
+    args = p.parse_args(argv)
+    if not DATA.is_file():
+        print(f"{DATA} is absent: this check needs the workspace's shared/data folder", file=sys.stderr)
+        return 2
+
+    import datasets
+    import torch
+
+    from hf_minitron import load_causal_lm, prune_model
+    from hf_minitron.data import load_texts, split_held_out, token_blocks
+    from hf_minitron.distill import DistillationTrainer
+    from hf_minitron.evaluation import perplexity
+    from hf_minitron.teacher_cache import TeacherCache, write_teacher_cache
+
+    torch.manual_seed(args.seed)
+    t0 = time.perf_counter()
+    teacher, tok = load_causal_lm()
+    teacher.eval()
+    texts = load_texts(DATA)
+    train_texts, held_texts = split_held_out(texts, 0.1)
+    n_train = args.steps * args.batch
+    train = token_blocks(train_texts, tok, args.seq, n_train)
+    held = token_blocks(held_texts, tok, args.seq, args.held_out_blocks)
+    if train.shape[0] < n_train:
+        print(f"the data gives only {train.shape[0]} training blocks of {args.seq} tokens", file=sys.stderr)
+        return 2
+    n_layers = teacher.config.num_hidden_layers
+    drop = list(range(n_layers - 16, n_layers - 1))  # 15 layers: a contiguous block before the last layer
+    student0 = prune_model(teacher, {"drop_layers": drop})
+    ppl_teacher = perplexity(teacher, held)
+    ppl_start = perplexity(student0, held)
+    print(f"setup {time.perf_counter() - t0:.0f}s: teacher {n_layers} layers, student {n_layers - len(drop)} layers, "
+          f"{n_train} x {args.seq} training tokens, {held.shape[0]} x {args.seq} held-out tokens", flush=True)
+
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        # online: the teacher in memory, full-vocabulary forward KL
+        student = copy.deepcopy(student0).train()
+        ds = datasets.Dataset.from_dict({"input_ids": train.tolist()})
+        t = time.perf_counter()
+        DistillationTrainer(student, args=_config(tmp / "online", args, kd_loss="forward_kl"), train_dataset=ds,
+                            processing_class=tok, teacher_model=teacher).train()
+        results["online forward_kl"] = (perplexity(student.eval(), held), time.perf_counter() - t)
+        print(f"online done: ppl {results['online forward_kl'][0]:.3f}", flush=True)
+
+        # offline: cache the teacher once, then train with no teacher in memory
+        cache_dir = Path(args.keep) if args.keep else tmp / "cache"
+        t = time.perf_counter()
+        write_teacher_cache(teacher, tok, train, cache_dir, top_k=args.k, batch_size=4, shard_size=32,
+                            kind="sampled" if args.tail == "sampled" else "topk", teacher_source="default")
+        cache_seconds = time.perf_counter() - t
+        cache = TeacherCache(cache_dir)
+        student = copy.deepcopy(student0).train()
+        t = time.perf_counter()
+        DistillationTrainer(student, args=_config(tmp / "offline", args, kd_loss="topk_kl", topk_tail=args.tail,
+                                                  teacher_cache=str(cache_dir)),
+                            processing_class=tok).train()
+        results[f"offline topk_kl k={args.k} {args.tail}"] = (perplexity(student.eval(), held),
+                                                             time.perf_counter() - t)
+
+    online = results["online forward_kl"][0]
+    print(f"\nheld-out perplexity ({held.shape[0]} x {args.seq} tokens of wiki_train.txt, last 10% of articles)")
+    print(f"  teacher (30 layers)                 {ppl_teacher:9.3f}")
+    print(f"  student before distillation         {ppl_start:9.3f}")
+    for name, (ppl, secs) in results.items():
+        print(f"  {name:<36}{ppl:9.3f}   train {secs:6.0f}s")
+    offline = results[f"offline topk_kl k={args.k} {args.tail}"][0]
+    gap = offline / online - 1.0
+    print(f"offline / online - 1 = {gap:+.2%} (target: within 2%)  -> {'PASS' if abs(gap) <= 0.02 else 'FAIL'}")
+    print(f"cache: {len(cache)} sequences, k={args.k}, {cache.bytes_per_token:.1f} bytes/token, written in "
+          f"{cache_seconds:.0f}s ({n_train * args.seq / cache_seconds:.0f} tokens/s)")
+    return 0 if math.isfinite(offline) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
