@@ -201,10 +201,16 @@ def generate_with_attributes(model, tokenizer, messages, attributes: Mapping[str
     ``attribute_names``, integers 0-4); returns the decoded response text without the prompt."""
     import torch
 
-    text = steerlm_prompt(tokenizer, messages, attributes, attribute_names)
+    messages = prompt_messages(messages)
+    turn = assistant_turn(tokenizer, messages)
+    text = turn.prefix + format_attributes(attributes, attribute_names) + "\n"
     ids = torch.tensor([_encode(tokenizer, text)], device=next(model.parameters()).device)
+    stop = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    end_of_turn = _encode(tokenizer, turn.suffix)
+    if len(end_of_turn) == 1 and end_of_turn[0] not in stop:  # e.g. <|eot_id|>, <end_of_turn>
+        stop.append(end_of_turn[0])
     kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=tokenizer.pad_token_id,
-                  eos_token_id=tokenizer.eos_token_id)
+                  eos_token_id=stop or None)
     kwargs.update(generate_kwargs)
     with torch.no_grad():
         out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **kwargs)

@@ -48,12 +48,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hf-minitron correct-teacher: error: {err}", file=sys.stderr)
         return 2
     train, held = (split_held_out(list(data), args.held_out) if args.held_out > 0 else (list(data), []))
+    if held and "text" not in held[0]:
+        parser.error("--held-out measures loss on plain-text data; chat data has no 'text' field")
     model, tok = load_causal_lm(args.model, trust_remote_code=args.trust_remote_code)
     report = {"records_train": len(train), "records_held_out": len(held)}
     blocks = None
     if held:
-        if "text" not in held[0]:
-            parser.error("--held-out measures loss on plain-text data; chat data has no 'text' field")
         blocks = token_blocks([r["text"] for r in held], tok, min(args.max_length, 256))
         report["held_out_nll_before"] = mean_nll(model, blocks, 4)
     settings, lora = settings_from_args(args, "correct", args.method == "lora")
