@@ -165,6 +165,13 @@ if triton_available():
         return tl.where(mx == float("-inf"), mx, mx + tl.log(1.0 + tl.exp(mn - mx)))
 
     @triton.jit
+    def _load_topk(lw_ptr, zk_ptr, offs, mask, inv_T):
+        """Teacher log-weights and tempered student logits at the top-k ids (fp32; -inf where masked)."""
+        lw = tl.load(lw_ptr + offs, mask=mask, other=float("-inf")).to(tl.float32)
+        uk = tl.load(zk_ptr + offs, mask=mask, other=float("-inf")).to(tl.float32) * inv_T
+        return lw, uk
+
+    @triton.jit
     def _topk_kl_kernel(
         z_ptr, stride_z,          # [N, V] student logits, native dtype; the row becomes its gradient (COMPUTE_GRAD)
         zk_ptr, ids_ptr, lw_ptr, stride_k,  # [N, K] student logits at the ids (fp32), ids, teacher log-weights
@@ -186,8 +193,7 @@ if triton_available():
         for off in range(0, K, BLOCK_K):
             kk = off + tl.arange(0, BLOCK_K)
             km = kk < K
-            lw = tl.load(lw_ptr + k_off + kk, mask=km, other=float("-inf")).to(tl.float32)
-            uk = tl.load(zk_ptr + k_off + kk, mask=km, other=float("-inf")).to(tl.float32) * inv_T
+            lw, uk = _load_topk(lw_ptr, zk_ptr, k_off + kk, km, inv_T)
             ids = tl.load(ids_ptr + k_off + kk, mask=km, other=0).to(tl.int64)
             m_w, s_w = _online_lse(m_w, s_w, lw)
             m_k, s_k = _online_lse(m_k, s_k, uk)
@@ -210,8 +216,7 @@ if triton_available():
         for off in range(0, K, BLOCK_K):
             kk = off + tl.arange(0, BLOCK_K)
             km = kk < K
-            lw = tl.load(lw_ptr + k_off + kk, mask=km, other=float("-inf")).to(tl.float32)
-            uk = tl.load(zk_ptr + k_off + kk, mask=km, other=float("-inf")).to(tl.float32) * inv_T
+            lw, uk = _load_topk(lw_ptr, zk_ptr, k_off + kk, km, inv_T)
             if MODE == 1:
                 logp = lw - lse_w
             else:
@@ -244,8 +249,7 @@ if triton_available():
             for off in range(0, K, BLOCK_K):
                 kk = off + tl.arange(0, BLOCK_K)
                 km = kk < K
-                lw = tl.load(lw_ptr + k_off + kk, mask=km, other=float("-inf")).to(tl.float32)
-                uk = tl.load(zk_ptr + k_off + kk, mask=km, other=float("-inf")).to(tl.float32) * inv_T
+                lw, uk = _load_topk(lw_ptr, zk_ptr, k_off + kk, km, inv_T)
                 ids = tl.load(ids_ptr + k_off + kk, mask=km, other=0).to(tl.int64)
                 if MODE == 1:
                     p = tl.exp(lw - lse_w)
