@@ -278,3 +278,26 @@ def test_distill_cli_trains_from_cache(setup, tmp_path):
     assert rc == 0
     trained, _ = load_causal_lm(tmp_path / "out")
     assert not torch.equal(trained.model.embed_tokens.weight, tiny_model("llama", seed=2).model.embed_tokens.weight)
+
+
+def test_cache_teacher_cli_in_two_processes(tmp_path):
+    """torchrun with 2 CPU processes (gloo): each writes its own shards, the result equals a one-process cache."""
+    import subprocess
+    import sys
+
+    from hf_minitron.cli import main
+    from hf_minitron.loading import save_model
+
+    save_model(tiny_model("llama"), tiny_tokenizer(), tmp_path / "teacher")
+    data = tmp_path / "data.txt"
+    data.write_text("\n".join(f"text {i} for two processes" for i in range(20)))
+    args = ["cache-teacher", str(tmp_path / "teacher"), "--data", str(data), "--top-k", "4", "--max-length", "16",
+            "--shard-size", "2"]
+    exe = Path(sys.executable).parent / "hf-minitron"
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--no-python",
+                          str(exe), *args, "--out", str(tmp_path / "two")], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    shards = json.loads((tmp_path / "two" / "manifest.json").read_text())["shards"]
+    assert {s["process_index"] for s in shards} == {0, 1} and len(shards) > 2
+    assert same_contents(tmp_path / "two", tmp_path / "one")

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     from ..teacher_cache import MANIFEST_FILE, TeacherCache, encode_texts, finalize_teacher_cache, write_teacher_cache
 
     texts = load_texts(args.data, text_field=args.text_field)  # bad data fails here, before the teacher loads
-    state = PartialState()
+    state = PartialState(cpu=not torch.cuda.is_available())
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(args.teacher_dtype)
     if dtype is None:
         dtype = torch.bfloat16 if state.device.type == "cuda" else torch.float32
