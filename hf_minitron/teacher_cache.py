@@ -475,6 +475,31 @@ def cache_index_dataset(cache: TeacherCache):
                                        "cache_index": list(range(len(cache)))})
 
 
+def topk_distillation_loss(student_logits, teacher_ids, teacher_logprobs, teacher_tail_logmass, mask=None, *,
+                           tail: str = "bucket", temperature: float = 1.0, cache_temperature: float = 1.0,
+                           targets=None, ce_weight: float = 0.0):
+    """``kd_loss="topk_kl"`` for ``DistillationTrainer``: the top-k KL against cached teacher statistics (plus
+    ``ce_weight`` x the student's cross-entropy on ``targets``), summed over the counted tokens, through the fused
+    kernel (``hf_minitron.kernels.topk_kl``; see there for the ``tail`` choices and their bias). Returns the trainer's
+    ``DistillationLossOutput``. The student logits are consumed (overwritten with their gradient).
+
+    ``teacher_ids`` / ``teacher_logprobs`` ``[..., k]``, ``teacher_tail_logmass [...]``: a cache batch; the log-probs
+    were stored at ``cache_temperature`` (another ``temperature`` is exact for ``tail="renormalize"``, refused
+    otherwise).
+    """
+    from .distill.losses import DistillationLossOutput
+    from .kernels.topk_kl import kl_and_cross_entropy_sums, retemper_teacher_logprobs
+
+    dev = student_logits.device
+    logw = retemper_teacher_logprobs(teacher_logprobs.to(dev), cache_temperature=cache_temperature,
+                                     temperature=temperature, tail=tail)
+    log_tail = None if teacher_tail_logmass is None or tail != "bucket" else teacher_tail_logmass.to(dev)
+    return DistillationLossOutput(*kl_and_cross_entropy_sums(
+        student_logits, teacher_ids=teacher_ids.to(dev), teacher_logw=logw, teacher_log_tail=log_tail, tail=tail,
+        temperature=temperature, valid=None if mask is None else mask.to(dev), targets=targets,
+        ce_weight=ce_weight, inplace=True))
+
+
 def prepare_cache_training(args, model, processing_class, *, teacher_model=None, train_dataset=None,
                            data_collator=None):
     """``(cache, train_dataset, data_collator)`` for a ``DistillationTrainer`` that trains from ``args.teacher_cache``
@@ -504,5 +529,6 @@ def prepare_cache_training(args, model, processing_class, *, teacher_model=None,
 
 __all__ = [
     "CacheSettings", "TeacherCache", "TeacherCacheCollator", "TeacherCacheError", "cache_index_dataset",
-    "encode_texts", "finalize_teacher_cache", "merge_draws", "prepare_cache_training", "teacher_topk", "tokenizer_hash", "write_teacher_cache",
+    "encode_texts", "finalize_teacher_cache", "merge_draws", "prepare_cache_training", "teacher_topk",
+    "topk_distillation_loss", "tokenizer_hash", "write_teacher_cache",
 ]

@@ -641,8 +641,38 @@ def fused_linear_forward_kl_loss(hidden, weight, teacher_hidden, teacher_weight,
                          chunk_rows, block_v, teacher_head=head)
 
 
+def kl_and_cross_entropy_sums(student_logits, *, teacher_logits=None, teacher_ids=None, teacher_logw=None,
+                              teacher_log_tail=None, tail="bucket", temperature=1.0, valid=None, targets=None,
+                              ce_weight=0.0, inplace=False, backend="auto"):
+    """``(loss, kd, ce, num_tokens)`` summed over the counted rows, for a trainer's loss.
+
+    ``kd``: the full-vocabulary forward KL against ``teacher_logits``, or else the top-k KL against ``teacher_ids`` /
+    ``teacher_logw`` (/ ``teacher_log_tail``) with ``tail``; ``ce``: the student's cross-entropy on ``targets`` at
+    ``T = 1`` through the same kernel (k = 1, ``renormalize``), computed before the KL so ``inplace`` may consume the
+    logits. ``loss = kd + ce_weight * ce`` carries the gradient; ``kd`` and ``ce`` are detached fp32 (``ce`` is 0 when
+    ``targets`` is None).
+    """
+    V = student_logits.shape[-1]
+    z = student_logits.reshape(-1, V)
+    valid = _flat_valid(valid, z.shape[0], z.device)
+    n_tokens = int(valid.sum())
+    ce = torch.zeros((), dtype=torch.float32, device=z.device)
+    if targets is not None:
+        ids = targets.reshape(-1, 1).to(z.device).clamp(min=0)
+        ce = topk_kl_loss(z if ce_weight != 0.0 else z.detach(), ids, torch.zeros(ids.shape, device=z.device),
+                          tail="renormalize", valid=valid, num_items=1, inplace=False, backend=backend)
+    if teacher_logits is not None:
+        kd = forward_kl_loss(z, teacher_logits.reshape(-1, V), temperature=temperature, valid=valid, num_items=1,
+                             inplace=inplace, backend=backend)
+    else:
+        kd = topk_kl_loss(z, teacher_ids, teacher_logw, teacher_log_tail, tail=tail, temperature=temperature,
+                          valid=valid, num_items=1, inplace=inplace, backend=backend)
+    total = kd + ce_weight * ce if targets is not None and ce_weight != 0.0 else kd
+    return total, kd.detach().float(), ce.detach().float(), n_tokens
+
+
 __all__ = [
     "TAILS", "topk_kl_loss", "forward_kl_loss", "fused_linear_topk_kl_loss", "fused_linear_forward_kl_loss",
     "topk_kl_reference", "forward_kl_reference", "retemper_teacher_logprobs", "default_chunk_rows",
-    "LogitsKLFunction", "FusedLinearKLFunction",
+    "LogitsKLFunction", "FusedLinearKLFunction", "kl_and_cross_entropy_sums",
 ]
