@@ -18,7 +18,8 @@ from trl import SFTTrainer
 
 from .config import DistillationConfig
 from .intermediate import PROJECTIONS_ATTR, HiddenProjections, intermediate_loss, parse_layer_map
-from .losses import distillation_loss, topk_distillation_loss
+from ..teacher_cache import topk_distillation_loss
+from .losses import distillation_loss
 
 logger = logging.getLogger(__name__)
 
