@@ -159,11 +159,14 @@ def plan_pruning(model, targets, scores: ImportanceScores | None) -> PruningPlan
     if drop is None:
         drop = scores.layers_to_drop(L - new_layers, criterion) if new_layers < L else []
     kept = [i for i in range(L) if i not in set(drop)]
-    config = a.pruned_config(kept_layers=kept, **{k: v for k, v in new.items() if k != "num_hidden_layers"})
     try:
+        config = a.pruned_config(kept_layers=kept, **{k: v for k, v in new.items() if k != "num_hidden_layers"})
         _build(config, device="meta", dtype=model.dtype)
     except Exception as err:  # noqa: BLE001 - re-raised with the targets named
-        raise ValueError(f"targets {_shown(new)} do not give a valid {model.config.model_type} config: {err}") from err
+        cause = getattr(err, "__cause__", None) or err
+        raise ValueError(f"targets {_shown(new)} do not give a valid {model.config.model_type} config: {cause} "
+                         "(choose sizes the family's config accepts, e.g. hidden_size a multiple of "
+                         "num_attention_heads where the config requires it)") from err
 
     # what to keep
     def top(values: torch.Tensor, k: int) -> list[int]:

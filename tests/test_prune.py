@@ -175,6 +175,7 @@ def test_default_depth_criterion_uses_the_block_search_when_available():
     (dict(drop_layers=[0], num_hidden_layers=2), ValueError, "targets.num_hidden_layers=2"),
     (dict(num_hidden_layers=2, depth_criterion="block"), ValueError, r"block_sizes=\(2,\)"),
     (dict(hidden_layers=2), ValueError, "unknown pruning target"),
+    (dict(hidden_size=50), ValueError, "hidden_size=50.*do not give a valid llama config: The hidden size"),  # LlamaConfig: hidden % heads
 ])
 def test_bad_targets_fail_before_any_work(targets, error, match, tmp_path):
     model = tiny_model("llama")
