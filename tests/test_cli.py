@@ -46,3 +46,25 @@ def test_info_missing_model(tmp_path):
 
     with pytest.raises(ModelSourceError, match="does not exist"):
         main(["info", str(tmp_path / "missing")])
+
+
+def test_eval_matches_mean_nll(tmp_path, tokenizer, capsys):
+    """`hf-minitron eval` reports the perplexity mean_nll gives on the held-out slice's blocks."""
+    import math
+
+
+    from hf_minitron.data import token_blocks
+    from hf_minitron.evaluation import mean_nll
+
+    data = tmp_path / "docs.txt"
+    docs = [f"document number {i} says hello world {i * i}" for i in range(20)]
+    data.write_text("\n".join(docs))
+    model = tiny_model("llama")
+    ckpt = save_model(model, tokenizer, tmp_path / "m")
+    assert main(["eval", str(ckpt), "--data", str(data), "--seq-len", "16", "--num-blocks", "3", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out.strip())
+    blocks = token_blocks(docs[-2:], tokenizer, 16, 3)  # held-out: last 10% of 20 docs
+    expected = mean_nll(model, blocks)
+    assert got["tokens"] == blocks.numel() and math.isclose(got["perplexity"], math.exp(expected), rel_tol=1e-6)
+    with pytest.raises(SystemExit):
+        main(["eval", str(ckpt), "--data", str(data), "--held-out-fraction", "0"])
