@@ -331,20 +331,29 @@ class _Target:
 def _rows_torch(buf, tgt: _Target, valid, T: float, grad_scale: float, compute_grad: bool) -> torch.Tensor:
     """Chunked PyTorch path: same math as the kernels, on ``[C, V]`` temporaries of the compute dtype."""
     ct = torch.promote_types(buf.dtype, torch.float32)
-    u = buf.to(ct, copy=True).mul_(1.0 / T)                                  # [C, V]
+    in_place = compute_grad and buf.dtype == ct and buf.is_contiguous()  # buf becomes the gradient anyway: reuse it
+    u = buf if in_place else buf.to(ct, copy=True)                          # [C, V]
+    if T != 1.0:
+        u.mul_(1.0 / T)
     if tgt.tail == "full":
         logp = torch.log_softmax(tgt.logits.to(ct) / T, dim=-1)
         lse = torch.logsumexp(u, dim=-1, keepdim=True)
         p = logp.exp()
         rows = torch.where(p > 0, p * (logp - u + lse), torch.zeros((), dtype=ct, device=u.device)).sum(-1)
         if compute_grad:
-            buf.copy_(u.sub_(lse).exp_().sub_(p).mul_(grad_scale))
+            g = u.sub_(lse).exp_().sub_(p).mul_(grad_scale)
+            if not in_place:
+                buf.copy_(g)
     else:
         ids = tgt.ids.long()
         logw = tgt.logw.to(ct)
         uk = u.gather(1, ids)                                                 # [C, k]
         u.scatter_(1, ids, _NEG_INF)
-        lse_tail = torch.logsumexp(u, dim=-1)
+        # one exp pass: e = exp(u - m) in place; the tail's log-sum-exp and, later, q = e * exp(m - lse)
+        m = u.amax(dim=-1, keepdim=True)
+        m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+        e = u.sub_(m).exp_()
+        lse_tail = m.squeeze(-1) + e.sum(-1).log()
         lse = torch.logaddexp(lse_tail, torch.logsumexp(uk, dim=-1))
         logp = torch.log_softmax(logw, dim=-1) if tgt.tail == "renormalize" else logw
         p = logp.exp()
@@ -360,9 +369,10 @@ def _rows_torch(buf, tgt: _Target, valid, T: float, grad_scale: float, compute_g
             ratio = torch.where(has, (log_pt - log_qt).exp(), zero)
             P = P + log_pt.exp()
         if compute_grad:
-            g = u.sub_(lse[:, None]).exp_().mul_(((P - ratio) * grad_scale)[:, None])
+            g = e.mul_(((P - ratio) * grad_scale * (m.squeeze(-1) - lse).exp())[:, None])
             g.scatter_(1, ids, (P[:, None] * (uk - lse[:, None]).exp() - p) * grad_scale)
-            buf.copy_(g)
+            if not in_place:
+                buf.copy_(g)
     rows = rows * (T * T)
     if compute_grad:
         buf[~valid] = 0
