@@ -25,10 +25,10 @@ from typing import NamedTuple
 import torch
 
 KD_LOSSES = ("forward_kl", "reverse_kl", "jsd")
-TOPK_KD_LOSS = "topk_kl"  # top-k KL against an offline teacher cache: topk_distillation_loss
+TOPK_KD_LOSS = "topk_kl"  # top-k KL against an offline teacher cache: hf_minitron.teacher_cache.topk_distillation_loss
 
-# Default chunk: about this many logits (tokens x vocab) per chunk, i.e. 16 MiB per fp32 temporary.
-DEFAULT_CHUNK_ELEMENTS = 1 << 22
+# Default chunk: about this many logits (tokens x vocab) per chunk, i.e. 4 MiB per fp32 temporary (cache-sized).
+DEFAULT_CHUNK_ELEMENTS = 1 << 20
 
 
 class DistillationLossOutput(NamedTuple):
@@ -47,87 +47,126 @@ def default_chunk_size(vocab_size: int) -> int:
 
 
 def divergence_rows(student: torch.Tensor, teacher: torch.Tensor, *, kind: str, temperature: float = 1.0,
-                    beta: float = 0.5, with_grad: bool = True):
-    """Per-token divergence of one chunk, fp32.
+                    beta: float = 0.5, grad_out: torch.Tensor | None = None, targets: torch.Tensor | None = None,
+                    ce_weight: float = 0.0):
+    """Per-token losses of one chunk (fp32 math) and, when ``grad_out`` is given, their gradient written into it.
 
-    ``student``, ``teacher``: ``[n, V]`` fp32 logits. Returns ``(rows [n], grad [n, V] or None, log_q)`` where ``rows``
-    is already multiplied by ``T**2``, ``grad`` is d(sum rows)/d(student logits) and ``log_q`` is
-    ``log_softmax(student / T)`` (reused for the cross-entropy at ``T = 1``).
+    ``student``, ``teacher``: ``[n, V]`` logits (any float dtype; upcast here). ``grad_out``: ``[n, V]`` buffer that
+    receives d(sum of kd rows + ce_weight * sum of ce rows)/d(student). ``targets``: ``[n]`` ids for the student's
+    cross-entropy at ``T = 1``. Returns ``(kd_rows [n], ce_rows [n] or None)``; ``kd_rows`` include the ``T**2`` factor.
+    Temporaries are reused in place, so a chunk costs about three ``[n, V]`` fp32 tensors.
     """
     inv_t = 1.0 / temperature
-    log_q = torch.log_softmax(student * inv_t if temperature != 1.0 else student, dim=-1)
-    log_p = torch.log_softmax(teacher * inv_t if temperature != 1.0 else teacher, dim=-1)
-    scale = temperature * temperature
+    s = student.float()
+    t = teacher.float()
+    if temperature != 1.0:
+        s = s * inv_t
+        t = t * inv_t
+    log_q = torch.log_softmax(s, dim=-1)
+    log_p = torch.log_softmax(t, dim=-1)
+    del t
+    ce_rows = None
+    if targets is not None:
+        log_q1 = log_q if temperature == 1.0 else torch.log_softmax(student.float(), dim=-1)
+        ce_rows = -log_q1.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    want_grad = grad_out is not None
     if kind == "forward_kl":
         p = log_p.exp()
-        # p log p is 0 where p underflows to 0 (log p = -inf), never nan
-        rows = torch.where(p > 0, p * (log_p - log_q), 0.0).sum(-1)
-        grad = (log_q.exp() - p) if with_grad else None
+        diff = log_p.sub_(log_q)  # log p - log q, in log_p's memory
+        kd_rows = _rowdot(p, diff)
+        if not torch.isfinite(kd_rows).all():  # -inf teacher logits: p log p is 0 where p is 0
+            kd_rows = torch.where(p > 0, p * diff, 0.0).sum(-1)
+        del diff
+        if want_grad:
+            torch.exp(log_q, out=grad_out)  # grad_out is fp32 (the caller upcasts into the real buffer)
+            grad_out.sub_(p)  # q - p
     elif kind == "reverse_kl":
         q = log_q.exp()
-        diff = log_q - log_p
-        rows = torch.where(q > 0, q * diff, 0.0).sum(-1)
-        grad = q * (diff - rows.unsqueeze(-1)) if with_grad else None
-        if grad is not None:
-            grad = torch.where(q > 0, grad, 0.0)
+        diff = log_q.sub_(log_p)  # log q - log p, in log_q's memory
+        kd_rows = torch.where(q > 0, q * diff, 0.0).sum(-1)
+        if want_grad:
+            diff.sub_(kd_rows.unsqueeze(-1)).mul_(q)  # q (log q - log p - KL)
+            grad_out.copy_(torch.where(q > 0, diff, 0.0))
     elif kind == "jsd":
         if not 0.0 < beta < 1.0:
             raise ValueError(f"jsd needs 0 < beta < 1, got beta={beta}; use forward_kl (beta=0) or reverse_kl (beta=1)")
         p, q = log_p.exp(), log_q.exp()
         log_m = torch.logaddexp(log_p + math.log(beta), log_q + math.log1p(-beta))
-        q_term = torch.where(q > 0, q * (log_q - log_m), 0.0)
-        p_term = torch.where(p > 0, p * (log_p - log_m), 0.0)
-        rows = beta * p_term.sum(-1) + (1.0 - beta) * q_term.sum(-1)
-        del p_term
-        if with_grad:
+        p_rows = torch.where(p > 0, p * log_p.sub_(log_m), 0.0).sum(-1)
+        del p
+        q_diff = log_q.sub_(log_m)  # log q - log m
+        del log_m
+        q_rows = torch.where(q > 0, q * q_diff, 0.0).sum(-1)
+        kd_rows = beta * p_rows + (1.0 - beta) * q_rows
+        if want_grad:
             # d/dq_j = (1 - beta) (log q_j - log m_j); through the softmax: q_j (g_j - sum_k q_k g_k)
-            g = (1.0 - beta) * (log_q - log_m)
-            grad = torch.where(q > 0, q * (g - (1.0 - beta) * q_term.sum(-1, keepdim=True)), 0.0)
-        else:
-            grad = None
+            q_diff.sub_(q_rows.unsqueeze(-1)).mul_(q).mul_(1.0 - beta)
+            grad_out.copy_(torch.where(q > 0, q_diff, 0.0))
     else:
         raise ValueError(f"kd_loss={kind!r} is not supported; choose one of {', '.join(KD_LOSSES)}")
-    rows = rows * scale
-    if grad is not None:
-        grad = grad * (scale * inv_t)  # d/d(student) = d/d(student / T) / T, times the T**2 loss scale
-    return rows, grad, log_q
+    scale = temperature * temperature
+    if scale != 1.0:
+        kd_rows = kd_rows * scale
+    if want_grad:
+        if scale * inv_t != 1.0:  # d/d(student) = d/d(student / T) / T, times the T**2 loss scale
+            grad_out.mul_(scale * inv_t)
+        if ce_rows is not None and ce_weight != 0.0:
+            soft = torch.softmax(student.float(), dim=-1)
+            soft.scatter_add_(-1, targets.unsqueeze(-1), torch.full((soft.shape[0], 1), -1.0, device=soft.device))
+            grad_out.add_(soft, alpha=ce_weight)
+    return kd_rows, ce_rows
+
+
+def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``(a * b).sum(-1)`` for ``[n, V]`` tensors."""
+    return torch.linalg.vecdot(a, b, dim=-1)
 
 
 class _ChunkedDistillation(torch.autograd.Function):
     """Sum over counted rows of ``T**2 * divergence + ce_weight * cross_entropy``; gradient computed chunk by chunk
-    in the forward pass and stored once, in the student's dtype."""
+    in the forward pass and stored once, in the student's dtype.
+
+    Chunks are contiguous row ranges (views, no gathers); a range with uncounted rows computes them too and drops
+    them (zero loss, zero gradient), a range with none counted is skipped.
+    """
 
     @staticmethod
-    def forward(ctx, student, teacher, rows, targets, kind, temperature, beta, ce_weight, chunk_size, vocab):
+    def forward(ctx, student, teacher, row_mask, targets, kind, temperature, beta, ce_weight, chunk_size, vocab):
         need_grad = ctx.needs_input_grad[0]
-        grad_buf = None
-        if need_grad:
-            full = rows.numel() == student.shape[0] and vocab == student.shape[1]
-            grad_buf = torch.empty_like(student) if full else torch.zeros_like(student)
+        n_rows, width = student.shape
+        grad_buf = torch.empty_like(student) if need_grad else None
+        if need_grad and vocab < width:
+            grad_buf[:, vocab:] = 0
         kd_total = torch.zeros((), dtype=torch.float64, device=student.device)
         ce_total = torch.zeros((), dtype=torch.float64, device=student.device)
-        for start in range(0, rows.numel(), chunk_size):
-            idx = rows[start : start + chunk_size]
-            s = student.index_select(0, idx)[:, :vocab].float()
-            t = teacher.index_select(0, idx)[:, :vocab].float()
-            kd_rows, grad, log_q = divergence_rows(s, t, kind=kind, temperature=temperature, beta=beta,
-                                                    with_grad=need_grad)
-            kd_total += kd_rows.sum(dtype=torch.float64)
-            if targets is not None:
-                tgt = targets[start : start + chunk_size].unsqueeze(-1)
-                log_q1 = log_q if temperature == 1.0 else torch.log_softmax(s, dim=-1)
-                ce_total -= log_q1.gather(-1, tgt).sum(dtype=torch.float64)
-                if need_grad and ce_weight != 0.0:
-                    ce_grad = log_q1.exp_()  # log_q is not needed any more: reuse its memory
-                    ce_grad.scatter_add_(-1, tgt, torch.full_like(tgt, -1.0, dtype=ce_grad.dtype))
-                    grad.add_(ce_grad, alpha=ce_weight)
+        for a in range(0, n_rows, chunk_size):
+            b = min(a + chunk_size, n_rows)
+            keep = None if row_mask is None else row_mask[a:b]
+            partial = keep is not None and not bool(keep.all())
+            if partial and not bool(keep.any()):
+                if need_grad:
+                    grad_buf[a:b] = 0
+                continue
+            direct = need_grad and vocab == width and grad_buf.dtype == torch.float32
+            g = None
             if need_grad:
-                if vocab == student.shape[1]:
-                    grad_buf.index_copy_(0, idx, grad.to(grad_buf.dtype))
-                else:
-                    grad_buf[idx, :vocab] = grad.to(grad_buf.dtype)
-            del s, t, kd_rows, grad, log_q
-        ctx.save_for_backward(grad_buf if need_grad else None)
+                g = grad_buf[a:b] if direct else torch.empty(b - a, vocab, dtype=torch.float32, device=student.device)
+            tgt = None if targets is None else targets[a:b].clamp(min=0)
+            kd_rows, ce_rows = divergence_rows(student[a:b, :vocab], teacher[a:b, :vocab], kind=kind,
+                                               temperature=temperature, beta=beta, grad_out=g, targets=tgt,
+                                               ce_weight=ce_weight)
+            if partial:
+                kd_rows = torch.where(keep, kd_rows, 0.0)
+                ce_rows = None if ce_rows is None else torch.where(keep, ce_rows, 0.0)
+                if g is not None:
+                    g[(~keep).nonzero().squeeze(-1)] = 0
+            kd_total += kd_rows.sum(dtype=torch.float64)
+            if ce_rows is not None:
+                ce_total += ce_rows.sum(dtype=torch.float64)
+            if need_grad and not direct:
+                grad_buf[a:b, :vocab] = g
+        # kept as an attribute, not a saved tensor, so backward can hand the buffer on without a copy
+        ctx.grad_buf = grad_buf
         kd = kd_total.float()
         ce = ce_total.float()
         total = kd + ce_weight * ce if targets is not None else kd.clone()
@@ -136,10 +175,11 @@ class _ChunkedDistillation(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_total, grad_kd, grad_ce):
-        (grad_buf,) = ctx.saved_tensors
+        grad_buf, ctx.grad_buf = ctx.grad_buf, None
         grad_student = None
         if grad_buf is not None and ctx.needs_input_grad[0]:
-            # in place: the buffer is used once (no double backward), and a second [tokens, vocab] tensor is avoided
+            # in place, and the only reference is handed on: no second [tokens, vocab] tensor (so the graph can be
+            # walked backward once, as in training)
             grad_student = grad_buf.mul_(grad_total.to(grad_buf.dtype))
         return grad_student, None, None, None, None, None, None, None, None, None
 
@@ -167,7 +207,7 @@ def distillation_loss(
         temperature: softmax temperature ``T`` of both sides; the divergence is multiplied by ``T**2``.
         targets: ``[...]`` next-token ids for the student's cross-entropy (at ``T = 1``); ``None`` skips it.
         ce_weight: weight of the cross-entropy in ``loss``.
-        chunk_size: counted tokens per chunk (default: about 4M logits per chunk).
+        chunk_size: tokens per chunk (default: about 1M logits per chunk).
         vocab_size: compare only the first ``vocab_size`` entries (a shared vocabulary whose other rows are padding);
             ``None`` requires ``V_s == V_t``.
     """
@@ -188,33 +228,34 @@ def distillation_loss(
         raise ValueError(f"vocab_size={vocab_size} must be in [1, min({v_s}, {v_t})]")
     student = student_logits.reshape(-1, v_s)
     teacher = teacher_logits.reshape(-1, v_t).detach()
-    if mask is None:
-        rows = torch.arange(student.shape[0], device=student.device)
-    else:
+    row_mask = None
+    if mask is not None:
         if mask.shape != student_logits.shape[:-1]:
             raise ValueError(f"mask {tuple(mask.shape)} must match the logits' leading shape "
                              f"{tuple(student_logits.shape[:-1])}")
-        rows = mask.reshape(-1).nonzero().squeeze(-1).to(student.device)
+        row_mask = mask.reshape(-1).to(device=student.device, dtype=torch.bool)
+    num_tokens = student.shape[0] if row_mask is None else int(row_mask.sum())
     tgt = None
     if targets is not None:
         if targets.shape != student_logits.shape[:-1]:
             raise ValueError(f"targets {tuple(targets.shape)} must match the logits' leading shape "
                              f"{tuple(student_logits.shape[:-1])}")
-        tgt = targets.reshape(-1).to(student.device).index_select(0, rows)
-        if tgt.numel() and (int(tgt.min()) < 0 or int(tgt.max()) >= vocab_size):
+        tgt = targets.reshape(-1).to(student.device)
+        counted = tgt if row_mask is None else tgt[row_mask]
+        if counted.numel() and (int(counted.min()) < 0 or int(counted.max()) >= vocab_size):
             raise ValueError(f"targets must be token ids in [0, {vocab_size}) at counted positions "
-                             f"(got {int(tgt.min())}..{int(tgt.max())}); mask out ignored positions")
+                             f"(got {int(counted.min())}..{int(counted.max())}); mask out ignored positions")
     if kind == "forward_kl" and vocab_size == v_s == v_t and _kernel_applies(student):
         return _kernel_forward_kl(student, teacher, mask, temperature, targets, ce_weight)
     chunk = chunk_size or default_chunk_size(vocab_size)
     if chunk < 1:
         raise ValueError(f"chunk_size={chunk_size}; must be >= 1")
-    total, kd, ce = _ChunkedDistillation.apply(student, teacher, rows, tgt, kind, float(temperature), float(beta),
+    total, kd, ce = _ChunkedDistillation.apply(student, teacher, row_mask, tgt, kind, float(temperature), float(beta),
                                                float(ce_weight), int(chunk), int(vocab_size))
-    return DistillationLossOutput(total, kd, ce, int(rows.numel()))
+    return DistillationLossOutput(total, kd, ce, num_tokens)
 
 
-# --- the fused kernels of hf_minitron.kernels.topk_kl: full-vocabulary forward KL on Triton, top-k KL from a cache ---
+# --- the fused kernel of hf_minitron.kernels.topk_kl: full-vocabulary forward KL where Triton runs ------------------
 
 def _kernel_applies(student: torch.Tensor) -> bool:
     """Full-vocabulary forward KL runs on the Triton kernel where Triton runs (CUDA, or the interpreter in tests)."""
@@ -223,66 +264,9 @@ def _kernel_applies(student: torch.Tensor) -> bool:
     return use_triton(student)
 
 
-def _cross_entropy_sum(student_logits, targets, mask, with_grad: bool):
-    """Cross-entropy at T=1 summed over counted tokens: the top-k KL with k=1 and tail='renormalize'."""
-    from ..kernels.topk_kl import topk_kl_loss
-
-    ids = targets.clamp(min=0).unsqueeze(-1)
-    logits = student_logits if with_grad else student_logits.detach()
-    return topk_kl_loss(logits, ids, torch.zeros(ids.shape, device=ids.device), tail="renormalize", valid=mask,
-                        num_items=1, inplace=False)
-
-
-def _finish(kd, ce, mask, targets, ce_weight, n_tokens) -> DistillationLossOutput:
-    zero = torch.zeros((), dtype=torch.float32, device=kd.device)
-    if targets is None:
-        return DistillationLossOutput(kd, kd.detach().float(), zero, n_tokens)
-    total = kd + ce_weight * ce if ce_weight != 0.0 else kd
-    return DistillationLossOutput(total, kd.detach().float(), ce.detach().float(), n_tokens)
-
-
 def _kernel_forward_kl(student, teacher, mask, temperature, targets, ce_weight) -> DistillationLossOutput:
-    from ..kernels.topk_kl import forward_kl_loss
+    from ..kernels import topk_kl
 
-    valid = None if mask is None else mask.reshape(-1)
-    n_tokens = student.shape[0] if valid is None else int(valid.sum())
-    tgt = None if targets is None else targets.reshape(-1)
-    ce = None if tgt is None else _cross_entropy_sum(student, tgt, valid, with_grad=ce_weight != 0.0)
-    kd = forward_kl_loss(student, teacher, temperature=temperature, valid=valid, num_items=1, inplace=False)
-    return _finish(kd, ce, valid, tgt, ce_weight, n_tokens)
-
-
-def topk_distillation_loss(
-    student_logits: torch.Tensor,
-    teacher_ids: torch.Tensor,
-    teacher_logprobs: torch.Tensor,
-    teacher_tail_logmass: torch.Tensor | None,
-    mask: torch.Tensor | None = None,
-    *,
-    tail: str = "bucket",
-    temperature: float = 1.0,
-    cache_temperature: float = 1.0,
-    targets: torch.Tensor | None = None,
-    ce_weight: float = 0.0,
-) -> DistillationLossOutput:
-    """``kd_loss="topk_kl"``: top-k forward KL against cached teacher statistics (``hf_minitron.teacher_cache``),
-    summed over the counted tokens, through the fused kernel (``hf_minitron.kernels.topk_kl``; see there for the
-    ``tail`` choices and their bias). The student logits are consumed (overwritten with their gradient).
-
-    ``teacher_ids``/``teacher_logprobs`` ``[..., k]``, ``teacher_tail_logmass [...]``; the log-probs were stored at
-    ``cache_temperature`` (a different ``temperature`` is exact for ``tail="renormalize"``, refused otherwise).
-    """
-    from ..kernels.topk_kl import retemper_teacher_logprobs, topk_kl_loss
-
-    dev = student_logits.device
-    logw = retemper_teacher_logprobs(teacher_logprobs.to(dev), cache_temperature=cache_temperature,
-                                     temperature=temperature, tail=tail)
-    valid = None if mask is None else mask.to(dev)
-    n_tokens = student_logits[..., 0].numel() if valid is None else int(valid.sum())
-    ce = None
-    if targets is not None:  # before the KL: that call overwrites the logits with their gradient
-        ce = _cross_entropy_sum(student_logits, targets.to(dev), valid, with_grad=ce_weight != 0.0)
-    log_tail = None if teacher_tail_logmass is None or tail != "bucket" else teacher_tail_logmass.to(dev)
-    kd = topk_kl_loss(student_logits, teacher_ids.to(dev), logw, log_tail, tail=tail, temperature=temperature,
-                      valid=valid, num_items=1, inplace=True)
-    return _finish(kd, ce, valid, targets, ce_weight, n_tokens)
+    return DistillationLossOutput(*topk_kl.kl_and_cross_entropy_sums(
+        student, teacher_logits=teacher, temperature=temperature, valid=None if mask is None else mask.reshape(-1),
+        targets=None if targets is None else targets.reshape(-1), ce_weight=ce_weight))
