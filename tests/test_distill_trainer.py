@@ -247,3 +247,13 @@ def test_missing_teacher_refused(tmp_path):
     with pytest.raises(ValueError, match="teacher_model is required"):
         DistillationTrainer(tiny_model("llama"), args=_config(tmp_path), train_dataset=_text_dataset(),
                             processing_class=tiny_tokenizer())
+
+
+def test_evaluate_reports_the_same_loss_as_a_training_step_on_the_same_batch(tmp_path):
+    trainer = build_trainer(tmp_path, per_device_batch=8, per_device_eval_batch_size=8)
+    metrics = trainer.evaluate(Dataset.from_dict({"text": TEXTS}))
+    trainer.train()
+    step = [h for h in trainer.state.log_history if "loss" in h][0]
+    assert metrics["eval_loss"] == pytest.approx(step["loss"], rel=1e-5)
+    assert metrics["eval_kd_loss"] == pytest.approx(step["kd_loss"], rel=1e-5)
+    assert metrics["eval_ce_loss"] == pytest.approx(step["ce_loss"], rel=1e-5)
