@@ -190,3 +190,23 @@ def test_cli_align_steerlm_with_verbosity_annotation_and_lora(tokenizer, tmp_pat
                  "--prompt-field", "question", "--response-field", "answer", "--max-steps", "1"]) == 2
     assert "row 0: missing attribute field(s) ['helpfulness'" in capsys.readouterr().err
     assert not (tmp_path / "o2").exists()
+
+
+def test_real_smollm2_template_format(teacher_dir):
+    """SmolLM2's own template (ChatML with a default system turn): the attribute string follows its assistant header,
+    the trained tokens are exactly the response + <|im_end|>, and inference builds the same prefix."""
+    from transformers import AutoTokenizer
+
+    from hf_minitron.alignment.steerlm import steerlm_prompt
+
+    tok = AutoTokenizer.from_pretrained(teacher_dir)
+    row = helpsteer_row(prompt="What is 2+2?", response="4, because 2+2=4.", verbosity=1)
+    ds = steerlm_dataset([row], tok)
+    ids, mask = ds[0]["input_ids"], ds[0]["completion_mask"]
+    cut = mask.index(1)
+    assert all(mask[cut:]) and not any(mask[:cut])
+    prompt_text = tok.decode(ids[:cut])
+    assert prompt_text.startswith("<|im_start|>system\n")  # the template's default system turn is kept
+    assert prompt_text.endswith("What is 2+2?<|im_end|>\n<|im_start|>assistant\n" + format_attributes(row) + "\n")
+    assert tok.decode(ids[cut:]) == "4, because 2+2=4.<|im_end|>"
+    assert tok(steerlm_prompt(tok, row["prompt"], row), add_special_tokens=False)["input_ids"] == ids[:cut]
