@@ -149,6 +149,8 @@ def test_intermediate_projection_trained_synced_and_not_saved(tmp_path):
 def test_peft_lora_student(tmp_path):
     from peft import LoraConfig
 
+    from hf_minitron import load_causal_lm
+
     student = tiny_model("llama", seed=1)
     base = {k: v.clone() for k, v in student.state_dict().items()}
     trainer = DistillationTrainer(
@@ -162,9 +164,14 @@ def test_peft_lora_student(tmp_path):
     assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
     lora_b = [p for n, p in trainer.model.named_parameters() if "lora_B" in n]
     assert lora_b and any(p.abs().max() > 0 for p in lora_b), "LoRA B starts at zero and must have been trained"
+    saved, _ = load_causal_lm(trainer.save_student(tmp_path / "merged"))  # adapters merged on a copy
+    assert any("lora" in n for n, _ in trainer.model.named_parameters()), "the trainer's model keeps its adapters"
     merged = trainer.model.merge_and_unload()
     changed = [k for k, v in merged.state_dict().items() if not torch.equal(v, base[k])]
     assert changed and all("q_proj" in k or "v_proj" in k for k in changed)
+    saved_state = saved.state_dict()
+    for k, v in merged.state_dict().items():
+        assert torch.allclose(saved_state[k], v, atol=1e-6), k
 
 
 def test_chat_and_packed_text_data(tmp_path):

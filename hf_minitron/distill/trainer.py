@@ -459,6 +459,9 @@ class DistillationTrainer(SFTTrainer):
                 import copy
 
                 student = copy.deepcopy(student).merge_and_unload()
+                # SFTTrainer patched the base model's forward with a closure over the original model: the copy must
+                # run its own (class) forward
+                student.__dict__.pop("forward", None)
             path = save_model(student, self.processing_class, out_dir, overwrite=overwrite)
         finally:
             if detached:
