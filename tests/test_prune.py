@@ -153,15 +153,19 @@ def test_source_model_is_untouched_and_shares_no_storage():
     assert not any(p.data_ptr() in source_ptrs for p in pruned.parameters())
 
 
-def test_default_depth_criterion_uses_the_block_search_when_available():
+def test_depth_criteria_choose_the_layers_their_scores_say():
     model = tiny_model("llama")
     scores = estimate_importance(model, random_ids(TINY_VOCAB, batch=3), block_sizes=(2,))
-    plan = plan_pruning(model, {"num_hidden_layers": 2}, scores)
+    plan = plan_pruning(model, {"num_hidden_layers": 2}, scores)  # default: Block Influence (see DEPTH_PREFERENCE)
+    assert plan.depth_criterion == "block_influence"
+    assert plan.dropped_layers == sorted(scores.depth["block_influence"].argsort()[:2].tolist())
+    plan = plan_pruning(model, {"num_hidden_layers": 2, "depth_criterion": "block"}, scores)
     start = int(scores.block_losses[2].argmin())
-    assert plan.depth_criterion == "block" and plan.dropped_layers == [start, start + 1]
-    plan = plan_pruning(model, {"num_hidden_layers": 3}, scores)  # no block search for 1 layer: next preference
-    assert plan.depth_criterion == "lm_loss"
+    assert plan.dropped_layers == [start, start + 1]
+    plan = plan_pruning(model, {"num_hidden_layers": 3, "depth_criterion": "lm_loss"}, scores)
     assert plan.dropped_layers == [int(scores.depth["lm_loss"].argmin())]
+    only_loss = estimate_importance(model, random_ids(TINY_VOCAB, batch=3), depth_criteria=("lm_loss",))
+    assert plan_pruning(model, {"num_hidden_layers": 3}, only_loss).depth_criterion == "lm_loss"
 
 
 @pytest.mark.parametrize("targets, error, match", [

@@ -38,7 +38,8 @@ def test_importance_then_prune(checkpoint, tmp_path, capsys):
     torch.testing.assert_close(saved.block_losses[1], direct.block_losses[1])
 
     rc = main(["prune", model_dir, "--scores", str(tmp_path / "scores"), "--hidden-size", "48",
-               "--intermediate-size", "96", "--num-heads", "2", "--num-layers", "3", "--out", str(tmp_path / "small")])
+               "--intermediate-size", "96", "--num-heads", "2", "--num-layers", "3", "--depth-criterion", "block",
+               "--out", str(tmp_path / "small")])
     out, _ = capsys.readouterr()
     assert rc == 0 and '"depth_criterion": "block"' in out
     small, small_tok = load_causal_lm(tmp_path / "small")

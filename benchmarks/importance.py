@@ -1,0 +1,92 @@
+"""Cost of activation-importance scoring vs a bare forward pass (SmolLM2-135M-Instruct, CPU by default).
+
+    python benchmarks/importance.py [--model DIR] [--num-samples 4] [--seq-len 256] [--rounds 2]
+
+Times, on the same packed calibration batches, (a) a bare forward (``use_cache=False``, no grad), (b) the scoring pass
+(width scores + Block Influence, the default hooks), alternating them ``--rounds`` times and keeping each one's best
+round; prints tokens/s and the ratio (target <= 1.10). Then reports the optional depth passes separately: the LM-loss
+criterion (one pass per layer over ``--loss-num-samples`` blocks) and the contiguous-block search for
+``--block-size`` layers (one pass per start position), as seconds and as multiples of a bare forward over the same
+blocks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+import torch
+
+from hf_minitron.data import load_texts, token_blocks
+from hf_minitron.importance import estimate_importance
+from hf_minitron.loading import load_causal_lm
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@torch.no_grad()
+def bare_forward(model, blocks, batch_size):
+    for start in range(0, blocks.shape[0], batch_size):
+        model(input_ids=blocks[start : start + batch_size], use_cache=False)
+
+
+def timed(fn):
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default=None, help="model dir / Hub id / .gguf (default: embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--calib", default=str(SHARED / "c4_calib.jsonl"))
+    p.add_argument("--num-samples", type=int, default=4)
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--loss-num-samples", type=int, default=1)
+    p.add_argument("--block-size", type=int, default=15)
+    p.add_argument("--device", default="cpu")
+    args = p.parse_args()
+
+    model, tok = load_causal_lm(args.model, device=args.device)
+    model.eval()
+    blocks = token_blocks(load_texts(args.calib), tok, args.seq_len, args.num_samples).to(args.device)
+    tokens = blocks.numel()
+    print(f"machine: {platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}, "
+          f"device {args.device}; {blocks.shape[0]} blocks x {args.seq_len} tokens, batch {args.batch_size}")
+
+    bare_forward(model, blocks[: args.batch_size], args.batch_size)  # warm-up
+    bare, score, width = [], [], []
+    kw = dict(batch_size=args.batch_size, num_samples=None)
+    for _ in range(args.rounds):
+        bare.append(timed(lambda: bare_forward(model, blocks, args.batch_size)))
+        score.append(timed(lambda: estimate_importance(model, blocks, depth_criteria=("block_influence",), **kw)))
+        width.append(timed(lambda: estimate_importance(model, blocks, depth_criteria=(), **kw)))
+    b, s, w = min(bare), min(score), min(width)
+    print(f"| pass | tokens/s | time (s) | vs bare forward |\n|---|---|---|---|")
+    print(f"| bare forward | {tokens / b:.0f} | {b:.2f} | 1.00x |")
+    print(f"| scoring: width + Block Influence (default hooks) | {tokens / s:.0f} | {s:.2f} | {s / b:.3f}x |")
+    print(f"| scoring: width only | {tokens / w:.0f} | {w:.2f} | {w / b:.3f}x |")
+
+    sub = blocks[: args.loss_num_samples]
+    sub_bare = min(timed(lambda: bare_forward(model, sub, args.batch_size)) for _ in range(2))
+    L = model.config.num_hidden_layers
+    t_loss = timed(lambda: estimate_importance(model, sub, depth_criteria=("lm_loss",), loss_num_samples=None, **kw))
+    t_block = timed(lambda: estimate_importance(model, sub, depth_criteria=("block",), block_sizes=(args.block_size,),
+                                                loss_num_samples=None, **kw))
+    print(f"\noptional depth passes over {sub.shape[0]} block(s) ({sub.numel()} tokens); bare forward {sub_bare:.2f} s")
+    print(f"| criterion | extra passes | time (s) | vs bare forward over the same blocks |\n|---|---|---|---|")
+    print(f"| lm_loss (scoring pass + one pass per layer) | {L} | {t_loss:.1f} | {t_loss / sub_bare:.1f}x |")
+    print(f"| block search, {args.block_size} layers (scoring pass + one pass per start) | {L - args.block_size + 1} "
+          f"| {t_block:.1f} | {t_block / sub_bare:.1f}x |")
+
+
+if __name__ == "__main__":
+    main()
