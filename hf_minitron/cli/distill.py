@@ -3,6 +3,10 @@
 Every ``DistillationConfig`` field (TRL/transformers training arguments included) is a flag (``--max_steps``,
 ``--per_device_train_batch_size``, ``--max_length``, ``--learning_rate``, ``--kd_loss``, ...) or a key of a YAML file
 given with ``--config`` (TRL's parser: command-line flags override the file).
+
+``--cache CACHE`` trains from an offline teacher cache (``hf-minitron cache-teacher``) instead of ``--teacher`` and
+``--data``: no teacher in memory, ``kd_loss=topk_kl`` (``--topk_tail bucket|renormalize|sampled``), the cache's tokens
+and ``--max_length``.
 """
 
 from __future__ import annotations

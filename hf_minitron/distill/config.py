@@ -27,7 +27,8 @@ class DistillationConfig(SFTConfig):
     CPU-only machine).
 
     Parameters:
-        kd_loss: ``"forward_kl"`` (default; the Minitron recipe), ``"reverse_kl"`` or ``"jsd"``.
+        kd_loss: ``"forward_kl"`` (default; the Minitron recipe), ``"reverse_kl"``, ``"jsd"``, or ``"topk_kl"``
+            (top-k KL against ``teacher_cache``).
         temperature: softmax temperature of student and teacher; the divergence is multiplied by ``T**2``.
         jsd_beta: interpolation ``beta`` of the generalized JSD, ``0 < beta < 1``.
         ce_weight: weight of the student's next-token cross-entropy added to the distillation loss (default 0).
@@ -41,6 +42,10 @@ class DistillationConfig(SFTConfig):
         intermediate_weight: weight of the intermediate-state loss.
         intermediate_balance: scale the intermediate loss to the logit loss's magnitude on every micro-batch (its
             weight becomes ``intermediate_weight * logit_loss / intermediate_loss``, without gradient).
+        teacher_cache: an offline teacher cache (``hf-minitron cache-teacher``) to train from with no teacher in
+            memory; it supplies the training tokens and needs ``kd_loss="topk_kl"``.
+        topk_tail: ``kd_loss="topk_kl"``: ``"bucket"`` (default), ``"renormalize"`` or ``"sampled"`` (see
+            ``hf_minitron.kernels.topk_kl`` for what each compares and its bias).
     """
 
     kd_loss: str = field(
