@@ -6,7 +6,7 @@
 Teacher: SmolLM2-135M-Instruct (the embedded GGUF). Student: the teacher depth-pruned to 15 layers (layers 14..28
 dropped, the Minitron choice of a contiguous block before the last layer). Data: ../shared/data/wiki_train.txt, the last
 10% of the articles held out. Both runs see the same token blocks in the same order (same seed) with the same
-optimiser settings; the offline run first writes the teacher cache with ``write_teacher_cache`` (what
+optimiser settings as benchmarks/distill_real.py (AdamW, lr 3e-4, 2 warm-up steps, constant); the offline run first writes the teacher cache with ``write_teacher_cache`` (what
 ``hf-minitron cache-teacher`` runs) and then trains with no teacher in memory. Prints held-out perplexities, the
 relative gap (target: offline within 2% of online), cache bytes per token and wall times.
 """
@@ -35,9 +35,9 @@ def _config(out, args, **kw):
 
     return DistillationConfig(
         output_dir=str(out), use_cpu=True, bf16=False, per_device_train_batch_size=args.batch, max_steps=args.steps,
-        learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, logging_steps=max(1, args.steps // 4),
-        report_to=[], save_strategy="no", gradient_checkpointing=False, max_length=args.seq, seed=args.seed,
-        dataloader_num_workers=0, **kw)
+        learning_rate=args.lr, lr_scheduler_type="constant_with_warmup", warmup_steps=args.warmup, weight_decay=0.0,
+        logging_steps=max(1, args.steps // 8), report_to=[], save_strategy="no", gradient_checkpointing=False,
+        max_length=args.seq, seed=args.seed, dataloader_num_workers=0, disable_tqdm=True, **kw)
 
 
 def main(argv=None) -> int:
@@ -47,7 +47,8 @@ def main(argv=None) -> int:
     p.add_argument("--seq", type=int, default=256)
     p.add_argument("--k", type=int, default=64)
     p.add_argument("--tail", default="bucket", choices=["bucket", "renormalize", "sampled"])
-    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--held-out-blocks", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--keep", default=None, help="directory to keep the cache in (default: a temporary one)")
@@ -93,7 +94,7 @@ def main(argv=None) -> int:
         ds = datasets.Dataset.from_dict({"input_ids": train.tolist()})
         t = time.perf_counter()
         DistillationTrainer(student, args=_config(tmp / "online", args, kd_loss="forward_kl"), train_dataset=ds,
-                            processing_class=tok, teacher_model=teacher).train()
+                            processing_class=tok, teacher_model=teacher, teacher_processing_class=tok).train()
         results["online forward_kl"] = (perplexity(student.eval(), held), time.perf_counter() - t)
         print(f"online done: ppl {results['online forward_kl'][0]:.3f}", flush=True)
 
