@@ -5,9 +5,10 @@
 
 Teacher: SmolLM2-135M-Instruct (the embedded GGUF). Student: the teacher depth-pruned to 15 layers (layers 14..28
 dropped, the Minitron choice of a contiguous block before the last layer). Data: ../shared/data/wiki_train.txt, the last
-10% of the articles held out. Both runs see the same token blocks in the same order (same seed) with the same
-optimiser settings as benchmarks/distill_real.py (AdamW, lr 3e-4, 2 warm-up steps, constant); the offline run first writes the teacher cache with ``write_teacher_cache`` (what
-``hf-minitron cache-teacher`` runs) and then trains with no teacher in memory. Prints held-out perplexities, the
+10% of the articles held out. Both runs see the same token blocks in the same order (same seed) with the optimiser
+settings of benchmarks/distill_real.py (AdamW, lr 3e-4, 2 warm-up steps, then constant); the offline run first writes
+the teacher cache with ``write_teacher_cache`` (what ``hf-minitron cache-teacher`` runs) and then trains with no
+teacher in memory. Prints held-out perplexities, the
 relative gap (target: offline within 2% of online), cache bytes per token and wall times.
 """
 

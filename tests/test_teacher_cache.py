@@ -212,13 +212,14 @@ def _config(tmp_path, **kw):
     return DistillationConfig(**base)
 
 
-@pytest.mark.parametrize("tail", ["bucket", "renormalize"])
+@pytest.mark.parametrize("tail", ["bucket", "renormalize", "sampled"])
 def test_trainer_loss_from_cache_matches_reference(setup, tmp_path, tail):
     from hf_minitron.distill import DistillationTrainer
     from hf_minitron.kernels.topk_kl import topk_kl_reference
 
     teacher, tok, ids = setup
-    write_teacher_cache(teacher, tok, ids, tmp_path / "cache", top_k=K, shard_size=2)
+    write_teacher_cache(teacher, tok, ids, tmp_path / "cache", top_k=K, shard_size=2,
+                        kind="sampled" if tail == "sampled" else "topk")
     student = tiny_model("llama", seed=1)
     trainer = DistillationTrainer(student, args=_config(tmp_path, teacher_cache=str(tmp_path / "cache"),
                                                         topk_tail=tail, ce_weight=0.5),
