@@ -65,9 +65,11 @@ def _check(student, teacher, mask, targets, *, kind, temperature, beta=0.5, ce_w
 @pytest.mark.parametrize("temperature", [1.0, 2.5, 0.7])
 def test_loss_matches_float64_reference(kind, temperature):
     student, teacher, mask, targets = _random_case(seed=10 * len(kind) + int(10 * temperature))
+    threads = torch.get_num_threads()
     # 7 does not divide the number of counted tokens; 1 and a chunk larger than everything are the edge cases
     for chunk_size in (7, 1, 10_000):
         _check(student, teacher, mask, targets, kind=kind, temperature=temperature, beta=0.3, chunk_size=chunk_size)
+    assert torch.get_num_threads() == threads  # the CPU chunk workers leave the caller's thread count alone
 
 
 @pytest.mark.parametrize("kind", ["forward_kl", "jsd"])

@@ -122,12 +122,44 @@ def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vecdot(a, b, dim=-1)
 
 
+def _chunk_sums(student, teacher, grad_buf, row_mask, targets, a, b, kind, temperature, beta, ce_weight, vocab):
+    """Loss sums (float64) of rows ``[a, b)``; writes their gradient into ``grad_buf[a:b]`` when it is given."""
+    keep = None if row_mask is None else row_mask[a:b]
+    partial = keep is not None and not bool(keep.all())
+    if partial and not bool(keep.any()):
+        if grad_buf is not None:
+            grad_buf[a:b] = 0
+        return 0.0, 0.0
+    direct = grad_buf is not None and vocab == grad_buf.shape[1] and grad_buf.dtype == torch.float32
+    g = None
+    if grad_buf is not None:
+        g = grad_buf[a:b] if direct else torch.empty(b - a, vocab, dtype=torch.float32, device=student.device)
+    tgt = None if targets is None else targets[a:b].clamp(min=0)
+    kd_rows, ce_rows = divergence_rows(student[a:b, :vocab], teacher[a:b, :vocab], kind=kind, temperature=temperature,
+                                       beta=beta, grad_out=g, targets=tgt, ce_weight=ce_weight)
+    if partial:
+        kd_rows = torch.where(keep, kd_rows, 0.0)
+        ce_rows = None if ce_rows is None else torch.where(keep, ce_rows, 0.0)
+        if g is not None:
+            g[(~keep).nonzero().squeeze(-1)] = 0
+    if grad_buf is not None and not direct:
+        grad_buf[a:b, :vocab] = g
+    kd = kd_rows.sum(dtype=torch.float64)
+    ce = 0.0 if ce_rows is None else ce_rows.sum(dtype=torch.float64)
+    return kd, ce
+
+
+def _single_threaded_worker():
+    torch.set_num_threads(1)
+
+
 class _ChunkedDistillation(torch.autograd.Function):
     """Sum over counted rows of ``T**2 * divergence + ce_weight * cross_entropy``; gradient computed chunk by chunk
     in the forward pass and stored once, in the student's dtype.
 
     Chunks are contiguous row ranges (views, no gathers); a range with uncounted rows computes them too and drops
-    them (zero loss, zero gradient), a range with none counted is skipped.
+    them (zero loss, zero gradient), a range with none counted is skipped. On CPU the chunks are spread over one
+    single-threaded worker per torch thread (cache-sized work per core, no per-op thread synchronisation).
     """
 
     @staticmethod
@@ -137,38 +169,28 @@ class _ChunkedDistillation(torch.autograd.Function):
         grad_buf = torch.empty_like(student) if need_grad else None
         if need_grad and vocab < width:
             grad_buf[:, vocab:] = 0
-        kd_total = torch.zeros((), dtype=torch.float64, device=student.device)
-        ce_total = torch.zeros((), dtype=torch.float64, device=student.device)
-        for a in range(0, n_rows, chunk_size):
-            b = min(a + chunk_size, n_rows)
-            keep = None if row_mask is None else row_mask[a:b]
-            partial = keep is not None and not bool(keep.all())
-            if partial and not bool(keep.any()):
-                if need_grad:
-                    grad_buf[a:b] = 0
-                continue
-            direct = need_grad and vocab == width and grad_buf.dtype == torch.float32
-            g = None
-            if need_grad:
-                g = grad_buf[a:b] if direct else torch.empty(b - a, vocab, dtype=torch.float32, device=student.device)
-            tgt = None if targets is None else targets[a:b].clamp(min=0)
-            kd_rows, ce_rows = divergence_rows(student[a:b, :vocab], teacher[a:b, :vocab], kind=kind,
-                                               temperature=temperature, beta=beta, grad_out=g, targets=tgt,
-                                               ce_weight=ce_weight)
-            if partial:
-                kd_rows = torch.where(keep, kd_rows, 0.0)
-                ce_rows = None if ce_rows is None else torch.where(keep, ce_rows, 0.0)
-                if g is not None:
-                    g[(~keep).nonzero().squeeze(-1)] = 0
-            kd_total += kd_rows.sum(dtype=torch.float64)
-            if ce_rows is not None:
-                ce_total += ce_rows.sum(dtype=torch.float64)
-            if need_grad and not direct:
-                grad_buf[a:b, :vocab] = g
+        ranges = [(a, min(a + chunk_size, n_rows)) for a in range(0, n_rows, chunk_size)]
+        args = (kind, temperature, beta, ce_weight, vocab)
+
+        def run(bounds):
+            with torch.no_grad():  # grad mode is per thread: workers must not record the chunk math
+                return _chunk_sums(student, teacher, grad_buf, row_mask, targets, *bounds, *args)
+
+        threads = torch.get_num_threads()
+        if student.device.type == "cpu" and threads > 1 and len(ranges) > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            try:
+                with ThreadPoolExecutor(max_workers=threads, initializer=_single_threaded_worker) as pool:
+                    sums = list(pool.map(run, ranges))
+            finally:
+                torch.set_num_threads(threads)
+        else:
+            sums = [run(bounds) for bounds in ranges]
+        kd = torch.as_tensor(sum(k for k, _ in sums), dtype=torch.float64, device=student.device).float()
+        ce = torch.as_tensor(sum(c for _, c in sums), dtype=torch.float64, device=student.device).float()
         # kept as an attribute, not a saved tensor, so backward can hand the buffer on without a copy
         ctx.grad_buf = grad_buf
-        kd = kd_total.float()
-        ce = ce_total.float()
         total = kd + ce_weight * ce if targets is not None else kd.clone()
         ctx.mark_non_differentiable(kd, ce)
         return total, kd, ce
