@@ -3,8 +3,8 @@
     python benchmarks/importance.py [--model DIR] [--num-samples 4] [--seq-len 256] [--rounds 2]
 
 Times, on the same packed calibration batches, (a) a bare forward (``use_cache=False``, no grad), (b) the scoring pass
-(width scores + Block Influence, the default hooks), alternating them ``--rounds`` times and keeping each one's best
-round; prints tokens/s and the ratio (target <= 1.10). Then reports the optional depth passes separately: the LM-loss
+(width scores + Block Influence, the default hooks) and (c) width scores only, interleaved batch by batch for
+``--rounds`` rounds; prints tokens/s and the ratio (target <= 1.10). Then reports the optional depth passes separately: the LM-loss
 criterion (one pass per layer over ``--loss-num-samples`` blocks) and the contiguous-block search for
 ``--block-size`` layers (one pass per start position), as seconds and as multiples of a bare forward over the same
 blocks.
@@ -63,13 +63,16 @@ def main():
           f"device {args.device}; {blocks.shape[0]} blocks x {args.seq_len} tokens, batch {args.batch_size}")
 
     bare_forward(model, blocks[: args.batch_size], args.batch_size)  # warm-up
-    bare, score, width = [], [], []
+    # Interleave the three passes batch by batch so that load changes on a shared machine hit them alike.
+    b = s = w = 0.0
     kw = dict(batch_size=args.batch_size, num_samples=None)
     for _ in range(args.rounds):
-        bare.append(timed(lambda: bare_forward(model, blocks, args.batch_size)))
-        score.append(timed(lambda: estimate_importance(model, blocks, depth_criteria=("block_influence",), **kw)))
-        width.append(timed(lambda: estimate_importance(model, blocks, depth_criteria=(), **kw)))
-    b, s, w = min(bare), min(score), min(width)
+        for start in range(0, blocks.shape[0], args.batch_size):
+            batch = blocks[start : start + args.batch_size]
+            b += timed(lambda: bare_forward(model, batch, args.batch_size))
+            s += timed(lambda: estimate_importance(model, batch, depth_criteria=("block_influence",), **kw))
+            w += timed(lambda: estimate_importance(model, batch, depth_criteria=(), **kw))
+    tokens *= args.rounds
     print(f"| pass | tokens/s | time (s) | vs bare forward |\n|---|---|---|---|")
     print(f"| bare forward | {tokens / b:.0f} | {b:.2f} | 1.00x |")
     print(f"| scoring: width + Block Influence (default hooks) | {tokens / s:.0f} | {s:.2f} | {s / b:.3f}x |")

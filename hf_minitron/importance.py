@@ -302,11 +302,12 @@ class _Recorder:
         self.tokens = torch.zeros((), dtype=torch.float64)
         self.samples = torch.zeros((), dtype=torch.float64)
         self.layer_returns_tuple = False
-        self._layer_inputs: dict[int, torch.Tensor] = {}
+        self._layer_inputs: dict[int, tuple] = {}
+        self._last_out: tuple | None = None
         self._handles = []
 
     def set_mask(self, mask: torch.Tensor | None) -> None:
-        self.mask, self._masks = mask, {}
+        self.mask, self._masks, self._last_out = mask, {}, None
 
     def mask_on(self, device) -> torch.Tensor | None:
         if self.mask is None:
@@ -328,15 +329,23 @@ class _Recorder:
 
     def _layer_pre_hook(self, i):
         def hook(module, args, kwargs):
-            self._layer_inputs[i] = args[0] if args else kwargs["hidden_states"]
+            x = args[0] if args else kwargs["hidden_states"]
+            # a layer's input is usually the previous layer's output tensor: reuse its per-token norm
+            norm = self._last_out[1] if self._last_out is not None and self._last_out[0] is x else None
+            self._layer_inputs[i] = (x, norm)
         return hook
 
     def _layer_hook(self, i):
         def hook(module, args, output):
             self.layer_returns_tuple = isinstance(output, tuple)
             out = output[0] if isinstance(output, tuple) else output
-            x = self._layer_inputs.pop(i)
-            cos = torch.nn.functional.cosine_similarity(x.float(), out.float(), dim=-1)  # [batch, seq]
+            x, x_norm = self._layer_inputs.pop(i)
+            if x_norm is None:
+                x_norm = torch.linalg.vector_norm(x, dim=-1, dtype=torch.float32)
+            out_norm = torch.linalg.vector_norm(out, dim=-1, dtype=torch.float32)
+            self._last_out = (out, out_norm)
+            dot = torch.linalg.vecdot(x.float(), out.float())  # [batch, seq]
+            cos = dot / (x_norm * out_norm).clamp_min(1e-8)  # as torch.cosine_similarity
             m = self.mask_on(cos.device)
             self.cos_sum[i] += (cos if m is None else cos * m).sum().double().cpu()
         return hook
