@@ -20,6 +20,7 @@ Optionally the next-token cross-entropy of the student (at temperature 1) is add
 from __future__ import annotations
 
 import math
+import threading
 from typing import NamedTuple
 
 import torch
@@ -48,30 +49,27 @@ def default_chunk_size(vocab_size: int) -> int:
 
 def divergence_rows(student: torch.Tensor, teacher: torch.Tensor, *, kind: str, temperature: float = 1.0,
                     beta: float = 0.5, grad_out: torch.Tensor | None = None, targets: torch.Tensor | None = None,
-                    ce_weight: float = 0.0):
+                    ce_weight: float = 0.0, workspace: tuple[torch.Tensor, ...] | None = None):
     """Per-token losses of one chunk (fp32 math) and, when ``grad_out`` is given, their gradient written into it.
 
-    ``student``, ``teacher``: ``[n, V]`` logits (any float dtype; upcast here). ``grad_out``: ``[n, V]`` buffer that
-    receives d(sum of kd rows + ce_weight * sum of ce rows)/d(student). ``targets``: ``[n]`` ids for the student's
-    cross-entropy at ``T = 1``. Returns ``(kd_rows [n], ce_rows [n] or None)``; ``kd_rows`` include the ``T**2`` factor.
-    Temporaries are reused in place, so a chunk costs about three ``[n, V]`` fp32 tensors.
+    ``student``, ``teacher``: ``[n, V]`` logits (any float dtype; upcast here). ``grad_out``: ``[n, V]`` fp32 buffer
+    that receives d(sum of kd rows + ce_weight * sum of ce rows)/d(student). ``targets``: ``[n]`` ids for the
+    student's cross-entropy at ``T = 1``. ``workspace``: three ``[n, V]`` fp32 buffers the log-probabilities are
+    written into (``None``: allocated here). Returns ``(kd_rows [n], ce_rows [n] or None)``; ``kd_rows`` include the
+    ``T**2`` factor.
     """
     inv_t = 1.0 / temperature
-    s = student.float()
-    t = teacher.float()
-    if temperature != 1.0:
-        s = s * inv_t
-        t = t * inv_t
-    log_q = torch.log_softmax(s, dim=-1)
-    log_p = torch.log_softmax(t, dim=-1)
-    del t
+    if workspace is None:
+        workspace = tuple(torch.empty(student.shape, dtype=torch.float32, device=student.device) for _ in range(3))
+    log_q = _log_softmax_into(student, inv_t, workspace[0])
+    log_p = _log_softmax_into(teacher, inv_t, workspace[1])
     ce_rows = None
     if targets is not None:
         log_q1 = log_q if temperature == 1.0 else torch.log_softmax(student.float(), dim=-1)
         ce_rows = -log_q1.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     want_grad = grad_out is not None
     if kind == "forward_kl":
-        p = log_p.exp()
+        p = torch.exp(log_p, out=workspace[2])
         diff = log_p.sub_(log_q)  # log p - log q, in log_p's memory
         kd_rows = _rowdot(p, diff)
         if not torch.isfinite(kd_rows).all():  # -inf teacher logits: p log p is 0 where p is 0
@@ -117,13 +115,25 @@ def divergence_rows(student: torch.Tensor, teacher: torch.Tensor, *, kind: str, 
     return kd_rows, ce_rows
 
 
+def _log_softmax_into(logits: torch.Tensor, inv_t: float, out: torch.Tensor) -> torch.Tensor:
+    """``log_softmax(logits * inv_t)`` in fp32, written into ``out`` (no other ``[n, V]`` allocation)."""
+    if logits.dtype != torch.float32 or inv_t != 1.0:
+        out.copy_(logits)
+        if inv_t != 1.0:
+            out.mul_(inv_t)
+        logits = out
+    return torch.log_softmax(logits, dim=-1, out=out)
+
+
 def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``(a * b).sum(-1)`` for ``[n, V]`` tensors."""
     return torch.linalg.vecdot(a, b, dim=-1)
 
 
-def _chunk_sums(student, teacher, grad_buf, row_mask, targets, a, b, kind, temperature, beta, ce_weight, vocab):
-    """Loss sums (float64) of rows ``[a, b)``; writes their gradient into ``grad_buf[a:b]`` when it is given."""
+def _chunk_sums(student, teacher, grad_buf, row_mask, targets, a, b, kind, temperature, beta, ce_weight, vocab,
+                workspace):
+    """Loss sums (float64) of rows ``[a, b)``; writes their gradient into ``grad_buf[a:b]`` when it is given.
+    ``workspace``: three ``[chunk, vocab]`` fp32 buffers reused by every chunk of one worker."""
     keep = None if row_mask is None else row_mask[a:b]
     partial = keep is not None and not bool(keep.all())
     if partial and not bool(keep.any()):
@@ -136,7 +146,8 @@ def _chunk_sums(student, teacher, grad_buf, row_mask, targets, a, b, kind, tempe
         g = grad_buf[a:b] if direct else torch.empty(b - a, vocab, dtype=torch.float32, device=student.device)
     tgt = None if targets is None else targets[a:b].clamp(min=0)
     kd_rows, ce_rows = divergence_rows(student[a:b, :vocab], teacher[a:b, :vocab], kind=kind, temperature=temperature,
-                                       beta=beta, grad_out=g, targets=tgt, ce_weight=ce_weight)
+                                       beta=beta, grad_out=g, targets=tgt, ce_weight=ce_weight,
+                                       workspace=tuple(w[: b - a] for w in workspace))
     if partial:
         kd_rows = torch.where(keep, kd_rows, 0.0)
         ce_rows = None if ce_rows is None else torch.where(keep, ce_rows, 0.0)
@@ -172,9 +183,14 @@ class _ChunkedDistillation(torch.autograd.Function):
         ranges = [(a, min(a + chunk_size, n_rows)) for a in range(0, n_rows, chunk_size)]
         args = (kind, temperature, beta, ce_weight, vocab)
 
+        local = threading.local()  # one workspace per worker thread, allocated once: no per-chunk allocations
+
         def run(bounds):
             with torch.no_grad():  # grad mode is per thread: workers must not record the chunk math
-                return _chunk_sums(student, teacher, grad_buf, row_mask, targets, *bounds, *args)
+                if not hasattr(local, "workspace"):
+                    local.workspace = tuple(torch.empty(min(chunk_size, n_rows), vocab, dtype=torch.float32,
+                                                        device=student.device) for _ in range(3))
+                return _chunk_sums(student, teacher, grad_buf, row_mask, targets, *bounds, *args, local.workspace)
 
         threads = torch.get_num_threads()
         if student.device.type == "cpu" and threads > 1 and len(ranges) > 1:
