@@ -53,7 +53,11 @@ def main():
     p.add_argument("--loss-num-samples", type=int, default=1)
     p.add_argument("--block-size", type=int, default=15)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    p.add_argument("--skip-depth", action="store_true", help="only the scoring-pass table")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     model, tok = load_causal_lm(args.model, device=args.device)
     model.eval()
@@ -78,6 +82,8 @@ def main():
     print(f"| scoring: width + Block Influence (default hooks) | {tokens / s:.0f} | {s:.2f} | {s / b:.3f}x |")
     print(f"| scoring: width only | {tokens / w:.0f} | {w:.2f} | {w / b:.3f}x |")
 
+    if args.skip_depth:
+        return
     sub = blocks[: args.loss_num_samples]
     sub_bare = min(timed(lambda: bare_forward(model, sub, args.batch_size)) for _ in range(2))
     L = model.config.num_hidden_layers

@@ -42,7 +42,10 @@ def main():
     p.add_argument("--eval-blocks", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--drop", type=int, default=15)
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     t0 = time.perf_counter()
     model, tok = load_causal_lm(args.model)
