@@ -357,9 +357,10 @@ class _Recorder:
             self._handles.append(a.mlp(i).down.register_forward_pre_hook(self._stat_pre_hook(self.neurons[i])))
             for norm, stat in zip(a.hidden_norms(i), self.norms[i]):
                 self._handles.append(norm.register_forward_hook(self._stat_hook(stat)))
-            layer = a.layers[i]
-            self._handles.append(layer.register_forward_pre_hook(self._layer_pre_hook(i), with_kwargs=True))
-            self._handles.append(layer.register_forward_hook(self._layer_hook(i)))
+            if self.block_influence:
+                layer = a.layers[i]
+                self._handles.append(layer.register_forward_pre_hook(self._layer_pre_hook(i), with_kwargs=True))
+                self._handles.append(layer.register_forward_hook(self._layer_hook(i)))
         return self
 
     def detach(self):
