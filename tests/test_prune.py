@@ -207,3 +207,15 @@ def test_missing_or_foreign_scores_and_busy_out_dir(tmp_path):
     with pytest.raises(FileExistsError, match="overwrite"):
         prune_model(model, {"drop_layers": [3]}, out_dir=busy)
     assert [p.name for p in busy.iterdir()] == ["keep.txt"]
+
+
+def test_bf16_model_prunes_in_bf16():
+    model = tiny_model("gemma2", dtype=torch.bfloat16)
+    ids = random_ids(TINY_VOCAB, batch=2, seq=12, seed=8)
+    scores = estimate_importance(model, ids, depth_criteria=("block_influence",))
+    pruned = prune_model(model, {"hidden_size": 48, "intermediate_size": 64, "num_hidden_layers": 3}, scores)
+    assert {p.dtype for p in pruned.parameters()} == {torch.bfloat16}
+    with torch.no_grad():
+        logits = pruned(input_ids=ids).logits
+    assert logits.dtype == torch.bfloat16 and torch.isfinite(logits.float()).all()
+    assert count_parameters(pruned) == _target_param_count(pruned)

@@ -49,10 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     from ..pruning import plan_pruning, prune_model
 
     model, tokenizer = load_causal_lm(args.model, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
-    scores = ImportanceScores.load(args.scores, model=model) if args.scores else None
     try:
+        scores = ImportanceScores.load(args.scores, model=model) if args.scores else None
         plan = plan_pruning(model, targets, scores)
-    except (ValueError, TypeError) as err:
+    except (ValueError, TypeError, FileNotFoundError) as err:
         parser.error(str(err))
     pruned = prune_model(model, targets, scores, out_dir=args.out, tokenizer=tokenizer, overwrite=args.overwrite)
     before, after = get_adapter(model).summary(), get_adapter(pruned).summary()
