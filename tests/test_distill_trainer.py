@@ -15,7 +15,7 @@ import torch
 from datasets import Dataset
 from safetensors import safe_open
 
-from dist_distill_worker import TEXTS, build_trainer, run
+from dist_distill_worker import TEXTS, build_trainer, make_student, run
 from hf_minitron import DistillationConfig, DistillationTrainer
 from hf_minitron.testing import tiny_model, tiny_tokenizer
 from test_kd_losses import reference_loss
@@ -72,9 +72,10 @@ def test_loss_equals_independent_reference(tmp_path, kind, temperature, ce_weigh
 def test_gradient_accumulation_matches_one_big_batch(tmp_path):
     big, big_losses = run(tmp_path / "a", per_device_batch=8, grad_accum=1)
     small, small_losses = run(tmp_path / "b", per_device_batch=2, grad_accum=4)
-    init = tiny_model("llama", seed=1).state_dict()
-    moved = max((big[k] - init[k]).abs().max().item() for k in big)
+    init = make_student().state_dict()
+    moved = max((big[k] - init[k]).abs().max().item() for k in init)
     assert moved > 1e-2, "the step must move the weights for the comparison to mean anything"
+    assert any(k.startswith("distill_projections.") for k in big), "the projections are part of the comparison"
     for k in big:
         assert torch.allclose(big[k], small[k], atol=1e-6, rtol=0), k
     assert big_losses == pytest.approx(small_losses, rel=1e-6)
@@ -96,6 +97,7 @@ def test_two_processes_match_one_process(tmp_path):
     ddp_state = torch.load(out / "student.pt")
     single_state, single_losses = run(tmp_path / "single", per_device_batch=8)
     assert record["losses"] == pytest.approx(single_losses, rel=1e-5)
+    assert set(ddp_state) == set(single_state) and any("distill_projections" in k for k in ddp_state)
     for k in single_state:
         assert torch.allclose(ddp_state[k], single_state[k], atol=1e-6, rtol=0), k
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 from transformers import TrainingArguments
+from transformers.utils import ModelOutput
 from trl import SFTTrainer
 
 from .config import DistillationConfig
@@ -35,6 +36,16 @@ class TeacherOutputs:
 
     logits: torch.Tensor
     hidden_states: tuple | None = None
+
+
+@dataclass
+class StudentOutputs(ModelOutput):
+    """The student's output while hidden-state projections are attached (a ``ModelOutput``, so DDP can flatten it)."""
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    hidden_states: tuple | None = None
+    projected_hidden_states: tuple | None = None
 
 
 # --- checks run before any training ------------------------------------------------------------------------------
@@ -283,6 +294,7 @@ class DistillationTrainer(SFTTrainer):
         self._loss_shifts_labels = True
         self._loss_sums: dict[str, list[float]] = {}
         self.teacher_model = self._prepare_teacher(teacher_model) if teacher_model is not None else None
+        self.projections = None
         self.projections = self._attach_projections(teacher_model)
 
     # --- setup ----------------------------------------------------------------------------------------------------
@@ -317,7 +329,20 @@ class DistillationTrainer(SFTTrainer):
             ignore.update(names)
         else:
             self.model._keys_to_ignore_on_save = set(ignore or ()) | names
+        self._projection_hook = self.model.register_forward_hook(self._project_hidden_states)
         return proj
+
+    def _project_hidden_states(self, module, args, output):
+        """Forward hook on the student: add ``projected_hidden_states`` (one per mapped pair) to its output.
+
+        Projecting inside the student's forward matters for the engines: DDP sees the projections as used by the
+        forward (not as unused parameters whose gradients then arrive twice), FSDP and ZeRO-3 gather them there."""
+        hidden = getattr(output, "hidden_states", None)
+        if hidden is None or self.projections is None:
+            return output
+        projected = tuple(self.projections(s, hidden[s]) for s, _ in self._layer_pairs)
+        return StudentOutputs(loss=output.get("loss"), logits=output.get("logits"), hidden_states=hidden,
+                              projected_hidden_states=projected)
 
     # --- teacher ---------------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -363,8 +388,12 @@ class DistillationTrainer(SFTTrainer):
         hidden_sum = weight = None
         if want_hidden:
             rows = mask.reshape(-1).nonzero().squeeze(-1)
-            hidden_sum = intermediate_loss(outputs.hidden_states, teacher.hidden_states, rows, self._layer_pairs,
-                                           self.projections, args.intermediate_loss)
+            projected = outputs.get("projected_hidden_states")  # set by the projection hook
+            student_states = projected or tuple(outputs.hidden_states[s] for s, _ in self._layer_pairs)
+            teacher_states = tuple(teacher.hidden_states[t] for _, t in self._layer_pairs)
+            same_index = [(i, i) for i in range(len(self._layer_pairs))]
+            hidden_sum = intermediate_loss(student_states, teacher_states, rows, same_index, None,
+                                           args.intermediate_loss)
             weight = self._intermediate_weight(parts.loss.detach(), hidden_sum.detach())
             total = total + weight * hidden_sum
 
