@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import torch
-from torch import nn
 
 from .arch import get_adapter
 from .kernels.importance import abs_mean_accumulate
