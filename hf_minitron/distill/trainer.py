@@ -48,6 +48,24 @@ class StudentOutputs(ModelOutput):
     projected_hidden_states: tuple | None = None
 
 
+def _projection_hook(projections: HiddenProjections, pairs):
+    """Forward hook for the student: adds ``projected_hidden_states`` (one per mapped pair) to its output.
+
+    Projecting inside the student's forward matters for the engines: DDP sees the projections as used by the forward
+    (not as unused parameters whose gradients then arrive twice), FSDP and ZeRO-3 gather them there. A closure, not a
+    trainer method, so that copying the model never copies the trainer."""
+
+    def hook(module, args, output):
+        hidden = getattr(output, "hidden_states", None)
+        if hidden is None:
+            return output
+        projected = tuple(projections(s, hidden[s]) for s, _ in pairs)
+        return StudentOutputs(loss=output.get("loss"), logits=output.get("logits"), hidden_states=hidden,
+                              projected_hidden_states=projected)
+
+    return hook
+
+
 # --- checks run before any training ------------------------------------------------------------------------------
 
 def _base_model(model):
@@ -294,7 +312,6 @@ class DistillationTrainer(SFTTrainer):
         self._loss_shifts_labels = True
         self._loss_sums: dict[str, list[float]] = {}
         self.teacher_model = self._prepare_teacher(teacher_model) if teacher_model is not None else None
-        self.projections = None
         self.projections = self._attach_projections(teacher_model)
 
     # --- setup ----------------------------------------------------------------------------------------------------
@@ -329,20 +346,8 @@ class DistillationTrainer(SFTTrainer):
             ignore.update(names)
         else:
             self.model._keys_to_ignore_on_save = set(ignore or ()) | names
-        self._projection_hook = self.model.register_forward_hook(self._project_hidden_states)
+        self._projection_hook = self.model.register_forward_hook(_projection_hook(proj, self._layer_pairs))
         return proj
-
-    def _project_hidden_states(self, module, args, output):
-        """Forward hook on the student: add ``projected_hidden_states`` (one per mapped pair) to its output.
-
-        Projecting inside the student's forward matters for the engines: DDP sees the projections as used by the
-        forward (not as unused parameters whose gradients then arrive twice), FSDP and ZeRO-3 gather them there."""
-        hidden = getattr(output, "hidden_states", None)
-        if hidden is None or self.projections is None:
-            return output
-        projected = tuple(self.projections(s, hidden[s]) for s, _ in self._layer_pairs)
-        return StudentOutputs(loss=output.get("loss"), logits=output.get("logits"), hidden_states=hidden,
-                              projected_hidden_states=projected)
 
     # --- teacher ---------------------------------------------------------------------------------------------------
     @torch.no_grad()
