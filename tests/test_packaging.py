@@ -41,3 +41,10 @@ def test_wheel_contents(tmp_path):
     entry_points = [n for n in names if n.endswith("entry_points.txt")]
     text = zipfile.ZipFile(wheel).read(entry_points[0]).decode()
     assert "hf-minitron = hf_minitron.cli:main" in text
+
+
+def test_every_public_name_resolves():
+    import hf_minitron
+
+    for name in hf_minitron.__all__:
+        assert getattr(hf_minitron, name) is not None, name
