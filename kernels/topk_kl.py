@@ -51,7 +51,6 @@ Gradient: computed in the forward pass (``T * (P q - p)`` per row, ``P`` the tot
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Optional
 

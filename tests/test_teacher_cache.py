@@ -4,7 +4,6 @@ refusal of mismatched settings, detection of truncated/corrupt shards, the sampl
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from pathlib import Path
 
