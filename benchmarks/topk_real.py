@@ -17,18 +17,12 @@ from __future__ import annotations
 import argparse
 import copy
 import math
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data" / "wiki_train.txt"
+from _real_setup import fifteen_layer_drop, teacher_and_blocks
 
 
 def _config(out, args, **kw):
@@ -54,33 +48,24 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--keep", default=None, help="directory to keep the cache in (default: a temporary one)")
     args = p.parse_args(argv)
-    if not DATA.is_file():
-        print(f"{DATA} is absent: this check needs the workspace's shared/data folder", file=sys.stderr)
-        return 2
 
     import datasets
     import torch
 
-    from hf_minitron import load_causal_lm, prune_model
-    from hf_minitron.data import load_texts, split_held_out, token_blocks
+    from hf_minitron import prune_model
     from hf_minitron.distill import DistillationTrainer
     from hf_minitron.evaluation import perplexity
     from hf_minitron.teacher_cache import TeacherCache, write_teacher_cache
 
     torch.manual_seed(args.seed)
     t0 = time.perf_counter()
-    teacher, tok = load_causal_lm()
-    teacher.eval()
-    texts = load_texts(DATA)
-    train_texts, held_texts = split_held_out(texts, 0.1)
-    n_train = args.steps * args.batch
-    train = token_blocks(train_texts, tok, args.seq, n_train)
-    held = token_blocks(held_texts, tok, args.seq, args.held_out_blocks)
-    if train.shape[0] < n_train:
-        print(f"the data gives only {train.shape[0]} training blocks of {args.seq} tokens", file=sys.stderr)
+    setup = teacher_and_blocks(args.steps, args.batch, args.seq, args.held_out_blocks)
+    if setup is None:
         return 2
+    teacher, tok, train, held = setup
+    n_train = args.steps * args.batch
     n_layers = teacher.config.num_hidden_layers
-    drop = list(range(n_layers - 16, n_layers - 1))  # 15 layers: a contiguous block before the last layer
+    drop = fifteen_layer_drop(teacher)
     student0 = prune_model(teacher, {"drop_layers": drop})
     ppl_teacher = perplexity(teacher, held)
     ppl_start = perplexity(student0, held)
