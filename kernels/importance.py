@@ -107,10 +107,11 @@ def abs_mean_accumulate_triton(x: torch.Tensor, mask: torch.Tensor | None, sum_o
 # --- 3. dispatcher ----------------------------------------------------------------------------------------------------
 def _abs_mean_accumulate_torch(x: torch.Tensor, mask: torch.Tensor | None, sum_out: torch.Tensor,
                                sq_out: torch.Tensor) -> None:
-    """Vectorised PyTorch path: without a mask one fp32-accumulating L1 reduction over the sequence (no temporary);
-    with a mask, the masked sum as one batched matmul in fp32."""
+    """Vectorised PyTorch path: without a mask ``|x|`` summed over the sequence with fp32 accumulation (on CPU about
+    5x faster than ``vector_norm(ord=1, dim=1)`` despite the temporary); with a mask, the masked sum as one batched
+    matmul in fp32."""
     if mask is None:
-        v = torch.linalg.vector_norm(x, ord=1, dim=1, dtype=torch.float32) / max(x.shape[1], 1)
+        v = x.abs().sum(1, dtype=torch.float32) / max(x.shape[1], 1)
     else:
         m = mask.to(device=x.device, dtype=torch.float32)
         v = torch.bmm(m.unsqueeze(1), x.float().abs()).squeeze(1) / m.sum(1, keepdim=True).clamp_min(1.0)
