@@ -36,13 +36,23 @@ def load_texts(source, *, text_field: str = "text", limit: int | None = None, sp
     return texts[:limit] if limit else texts
 
 
-def _read_file(path: Path, text_field: str) -> list[str]:
+def read_json_records(path: Path):
+    """Parsed records of a ``.jsonl`` file (one JSON value per non-empty line) or a ``.json`` file; a top-level dict's
+    ``data``/``train`` list is unwrapped (any other dict is returned as it is)."""
+    text = path.read_text(encoding="utf-8")
     if path.suffix == ".jsonl":
-        records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    elif path.suffix == ".json":
-        records = json.loads(path.read_text(encoding="utf-8"))
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    records = json.loads(text)
+    if isinstance(records, dict):
+        records = records.get("data") or records.get("train") or records
+    return records
+
+
+def _read_file(path: Path, text_field: str) -> list[str]:
+    if path.suffix in (".json", ".jsonl"):
+        records = read_json_records(path)
         if isinstance(records, dict):
-            records = records.get("data") or records.get("train") or list(records.values())
+            records = list(records.values())
     else:
         return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     out = []

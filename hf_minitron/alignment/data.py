@@ -15,9 +15,10 @@ Preference data (:func:`load_preference_data`) is accepted in two forms and alwa
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Iterable
+
+from ..data import read_json_records
 
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system",
                   "observation": "tool", "function_call": "assistant", "tool": "tool"}
@@ -39,15 +40,9 @@ def load_records(source, *, limit: int | None = None) -> list[dict]:
         if not path.is_file():
             raise FileNotFoundError(f"data file {str(source)!r} does not exist; pass a .json/.jsonl file, a list of "
                                     "records or a datasets.Dataset")
-        text = path.read_text(encoding="utf-8")
-        if path.suffix == ".jsonl":
-            records = [json.loads(line) for line in text.splitlines() if line.strip()]
-        else:
-            records = json.loads(text)
-            if isinstance(records, dict):
-                records = records.get("data") or records.get("train")
-            if not isinstance(records, list):
-                raise AlignmentDataError(f"{path}: expected a JSON list of records (or {{'data': [...]}})")
+        records = read_json_records(path)
+        if not isinstance(records, list):
+            raise AlignmentDataError(f"{path}: expected a JSON list of records (or {{'data': [...]}})")
     for i, rec in enumerate(records):
         if not isinstance(rec, dict):
             raise AlignmentDataError(f"row {i}: expected a record (dict), got {type(rec).__name__}")
