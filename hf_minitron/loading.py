@@ -67,9 +67,7 @@ def strip_quantizer(model) -> None:
     quantizer = getattr(model, "hf_quantizer", None)
     if quantizer is not None:
         quantizer.remove_quantization_config(model)
-    for attr in ("hf_quantizer",):
-        if getattr(model, attr, None) is not None:
-            setattr(model, attr, None)
+        model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         delattr(model.config, "quantization_config")
     model.is_quantized = False
