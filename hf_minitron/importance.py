@@ -182,9 +182,9 @@ class ImportanceScores:
         """Write ``importance.safetensors`` + ``manifest.json`` atomically (temp sibling dir, then rename)."""
         from safetensors.torch import save_file
 
-        out = Path(out_dir).expanduser().resolve()
-        if out.is_dir() and any(out.iterdir()) and not overwrite:
-            raise FileExistsError(f"out_dir {out} is not empty; choose another directory or pass overwrite=True")
+        from .loading import check_output_dir
+
+        out = check_output_dir(out_dir, overwrite=overwrite)
         out.parent.mkdir(parents=True, exist_ok=True)
         tensors = {"heads": self.heads, "neurons": self.neurons, "channels": self.channels}
         tensors.update({f"depth.{k}": v for k, v in self.depth.items()})

@@ -125,6 +125,19 @@ def _probe_logits(model, vocab_size: int) -> torch.Tensor:
         return model(input_ids=ids).logits.float().cpu()
 
 
+def check_output_dir(path: str | os.PathLike, *, overwrite: bool = False, name: str = "out_dir",
+                     fix: str = "pass overwrite=True") -> Path:
+    """Refuse ``path`` as an output directory before any work: a file always, a non-empty directory unless
+    ``overwrite``. ``name`` (e.g. ``"--out"``) and ``fix`` (e.g. ``"pass --overwrite"``) word the ``FileExistsError``
+    for the caller's interface. Returns the resolved path."""
+    out = Path(path).expanduser().resolve()
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{name} {out} exists and is a file; pass a directory path")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{name} {out} is not empty; choose another directory or {fix}")
+    return out
+
+
 def save_model(model, tokenizer, out_dir: str | os.PathLike, *, overwrite: bool = False, atol: float = 1e-4,
                verify: bool = True) -> Path:
     """Write ``model`` (and ``tokenizer``) to ``out_dir`` atomically, as safetensors.
@@ -135,11 +148,7 @@ def save_model(model, tokenizer, out_dir: str | os.PathLike, *, overwrite: bool 
     """
     from transformers import AutoModelForCausalLM
 
-    out = Path(out_dir).expanduser().resolve()
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"out_dir {out} exists and is a file; pass a directory path.")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"out_dir {out} is not empty; choose another directory or pass overwrite=True.")
+    out = check_output_dir(out_dir, overwrite=overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     if getattr(model, "hf_quantizer", None) is not None:
         strip_quantizer(model)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, fields
-from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -27,6 +26,7 @@ from torch import nn
 
 from .arch import get_adapter
 from .importance import ImportanceScores
+from .loading import check_output_dir, save_model
 
 TARGET_FIELDS = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "num_hidden_layers")
 
@@ -307,10 +307,7 @@ def prune_model(model, targets, scores: ImportanceScores | str | os.PathLike | N
     source model's device (on CPU when the source is spread over several devices).
     """
     if out_dir is not None:
-        out = Path(out_dir).expanduser()
-        if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not overwrite)):
-            raise FileExistsError(f"out_dir {out} exists and is not an empty directory; choose another or pass "
-                                  "overwrite=True")
+        check_output_dir(out_dir, overwrite=overwrite)
     if isinstance(scores, (str, os.PathLike)):
         scores = ImportanceScores.load(scores, model=model)
     plan = plan_pruning(model, targets, scores)
@@ -328,8 +325,6 @@ def prune_model(model, targets, scores: ImportanceScores | str | os.PathLike | N
     pruned.config.name_or_path = getattr(model.config, "name_or_path", "") or ""
     get_adapter(pruned).check_consistent()
     if out_dir is not None:
-        from .loading import save_model
-
         save_model(pruned, tokenizer, out_dir, overwrite=overwrite)
     return pruned
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from hf_minitron.loading import ModelSourceError, load_causal_lm, save_model
+from hf_minitron.loading import ModelSourceError, check_output_dir, load_causal_lm, save_model
 from hf_minitron.testing import TINY_VOCAB, tiny_model
 
 from conftest import random_ids
@@ -35,6 +35,19 @@ def test_refuses_non_empty_out_dir(tmp_path, tokenizer):
     assert (out / "keep.txt").read_text() == "user data"
     save_model(model, tokenizer, out, overwrite=True)
     assert not (out / "keep.txt").exists() and (out / "model.safetensors").exists()
+
+
+def test_check_output_dir_words_the_error_for_the_caller(tmp_path):
+    assert check_output_dir(tmp_path / "new") == (tmp_path / "new").resolve()   # absent: fine, nothing created
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(FileExistsError, match="--out .*file exists and is a file"):
+        check_output_dir(tmp_path / "file", overwrite=True, name="--out")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "a").write_text("x")
+    with pytest.raises(FileExistsError, match="--out .*full is not empty; choose another directory or pass --overwrite"):
+        check_output_dir(tmp_path / "full", name="--out", fix="pass --overwrite")
+    assert check_output_dir(tmp_path / "full", overwrite=True).is_dir()
 
 
 def test_failed_verification_leaves_nothing(tmp_path, monkeypatch):

@@ -55,9 +55,9 @@ def correct_teacher(model, dataset, *, tokenizer=None, method: str = "lora", set
         model, loaded_tok = load_causal_lm(model)
         tokenizer = tokenizer or loaded_tok
     if out_dir is not None:
-        out = Path(out_dir).expanduser()
-        if out.is_dir() and any(out.iterdir()) and not overwrite:
-            raise FileExistsError(f"out_dir {out} is not empty; choose another directory or pass overwrite=True")
+        from ..loading import check_output_dir
+
+        check_output_dir(out_dir, overwrite=overwrite)
     trainer = build_correction_trainer(model, tokenizer, dataset, method=method, settings=settings, lora=lora,
                                        text_field=text_field, assistant_only_loss=assistant_only_loss)
     trainer.train()

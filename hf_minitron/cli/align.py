@@ -84,11 +84,12 @@ def settings_from_args(args, stage: str, lora: bool):
 
 
 def check_out_dir(parser, args) -> None:
-    from pathlib import Path
+    from ..loading import check_output_dir
 
-    out = Path(args.out).expanduser()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
-        parser.error(f"--out {out} exists and is not empty; choose another directory or pass --overwrite")
+    try:
+        check_output_dir(args.out, overwrite=args.overwrite, name="--out", fix="pass --overwrite")
+    except FileExistsError as e:
+        parser.error(str(e))
 
 
 def build_parser(method: str) -> argparse.ArgumentParser:

@@ -52,10 +52,12 @@ def _check_script_args(script, cached: bool = False) -> None:
                and not (name == "data" and cached)]
     if missing:
         raise SystemExit(f"hf-minitron distill: missing required {', '.join('--' + m for m in missing)}")
-    out = Path(script.out).expanduser()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not script.overwrite:
-        raise SystemExit(f"hf-minitron distill: --out {out} exists and is not empty; choose another directory or "
-                         "pass --overwrite")
+    from ..loading import check_output_dir
+
+    try:
+        check_output_dir(script.out, overwrite=script.overwrite, name="--out", fix="pass --overwrite")
+    except FileExistsError as e:
+        raise SystemExit(f"hf-minitron distill: {e}") from None
 
 
 def _cache_argv(argv: list[str]) -> list[str]:

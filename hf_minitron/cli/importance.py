@@ -34,15 +34,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trust-remote-code", action="store_true")
     args = parser.parse_args(argv)
 
-    from pathlib import Path
+    from ..loading import check_output_dir, load_causal_lm
 
-    out = Path(args.out)
-    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
-        parser.error(f"--out {out} is not empty; choose another directory or pass --overwrite")
+    try:
+        out = check_output_dir(args.out, overwrite=args.overwrite, name="--out", fix="pass --overwrite")
+    except FileExistsError as e:
+        parser.error(str(e))
     criteria = [c.strip() for c in args.depth_criteria.split(",") if c.strip()]
 
     from ..importance import DEPTH_CRITERIA, Aggregation, estimate_importance
-    from ..loading import load_causal_lm
 
     bad = [c for c in criteria if c not in DEPTH_CRITERIA]
     if bad:
