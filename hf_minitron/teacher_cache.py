@@ -17,8 +17,12 @@ without redoing finished shards. Readers refuse a cache whose settings do not ma
 corrupt shard (size and sha256 against the manifest).
 
 Kinds: ``topk`` (the top-k ids, their log-probs and the tail mass; for ``tail="bucket"`` / ``"renormalize"``) and
-``sampled`` (k draws from the teacher merged into distinct ids with log-weights ``log(count / k)``, padded with unused
-ids of weight 0; for ``tail="sampled"``).
+``sampled`` (for ``tail="sampled"``): the teacher's ``exact_head`` most likely ids with their exact log-probs, then
+``s = k - exact_head`` draws from the teacher's distribution over the remaining ids, merged into distinct ids with
+log-weights ``log(p_rest * count / s)`` and padded with unused ids of weight 0. Every weight has expectation ``p_id``
+(the draws are unbiased) and the weights sum to 1; ``exact_head=0`` is plain random-sampling KD (k draws from the whole
+distribution). Sampling only the remainder is stratified sampling: the head costs no variance, so for the same k the
+gradient noise is far lower (``p_rest^2 / s`` instead of about ``(1 - sum p^2) / k`` per token).
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ class CacheSettings:
     kind: str = "topk"
     logprob_dtype: str = "float16"
     seed: int = 0
+    exact_head: int = 0
     format_version: int = FORMAT_VERSION
 
     @property
@@ -151,17 +156,30 @@ def merge_draws(draws: torch.Tensor, fill_ids: torch.Tensor) -> tuple[torch.Tens
 
 
 @torch.no_grad()
-def teacher_topk(logits: torch.Tensor, k: int, temperature: float = 1.0, *, kind: str = "topk",
+def teacher_topk(logits: torch.Tensor, k: int, temperature: float = 1.0, *, kind: str = "topk", exact_head: int = 0,
                  generator: Optional[torch.Generator] = None):
-    """``(ids int32 [R, k], log-probs fp32 [R, k], tail log-mass fp32 [R])`` of teacher logits ``[R, V]``, in fp32.
+    """``(ids int32 [R, k], log-weights fp32 [R, k], tail log-mass fp32 [R])`` of teacher logits ``[R, V]``, in fp32.
 
-    ``kind="sampled"``: ``k`` draws from ``softmax(logits / T)`` merged by :func:`merge_draws` (tail ``-inf``).
+    ``kind="topk"``: the top-k ids, their log-probs and the log of the mass outside them.
+    ``kind="sampled"``: the top ``exact_head`` ids with their log-probs, then ``k - exact_head`` draws from the teacher
+    renormalised over the other ids, merged by :func:`merge_draws` and weighted by that remaining mass (tail ``-inf``:
+    the weights sum to 1 and each has expectation ``p_id``).
     """
     logp = torch.log_softmax(logits.float() / temperature, dim=-1)
     vals, ids = logp.topk(k, dim=-1)
     if kind == "sampled":
-        draws = torch.multinomial(logp.exp(), k, replacement=True, generator=generator)
-        ids, logw = merge_draws(draws, ids)
+        h = exact_head
+        rest = logp.scatter(-1, ids[:, :h], float("-inf"))                  # [R, V] teacher outside the head
+        log_rest = torch.logsumexp(rest, dim=-1, keepdim=True)              # [R, 1]
+        fill = ids[:, h:]                                                   # distinct, outside the head
+        probs = (rest - log_rest).exp()
+        empty = ~torch.isfinite(log_rest.squeeze(-1))                       # no mass left: any ids, weight 0
+        probs[empty] = 0.0
+        probs[empty] = probs[empty].scatter(-1, fill[empty], 1.0)
+        draws = torch.multinomial(probs, k - h, replacement=True, generator=generator)
+        rest_ids, rest_logw = merge_draws(draws, fill)
+        logw = torch.cat([vals[:, :h].double(), rest_logw + log_rest.double()], dim=-1)
+        ids = torch.cat([ids[:, :h], rest_ids], dim=-1)
         return ids.to(torch.int32), logw.float(), torch.full(ids.shape[:1], float("-inf"))
     tail = torch.logsumexp(logp.scatter_(-1, ids, float("-inf")), dim=-1)
     return ids.to(torch.int32), vals, tail
@@ -212,6 +230,7 @@ def write_teacher_cache(teacher, tokenizer, input_ids: torch.Tensor, out_dir, *,
                         temperature: float = 1.0, attention_mask: Optional[torch.Tensor] = None,
                         kind: str = "topk", logprob_dtype: str = "float16", shard_size: int = 64,
                         batch_size: int = 4, teacher_source: Optional[str] = None, seed: int = 0,
+                        exact_head: Optional[int] = None,
                         process_index: int = 0, num_processes: int = 1, finalize: bool = True,
                         on_shard: Optional[Callable[[int], None]] = None) -> Path:
     """Run ``teacher`` over ``input_ids [n, L]`` and store its top-k statistics in ``out_dir`` (see module docstring).
@@ -219,7 +238,8 @@ def write_teacher_cache(teacher, tokenizer, input_ids: torch.Tensor, out_dir, *,
     Shards already finished (intact file + sidecar) are skipped, so calling it again after an interruption resumes.
     In a multi-process run, call it in every process with its ``process_index`` and ``finalize=False``, wait for all,
     then call :func:`finalize_teacher_cache` once. ``on_shard(shard)`` is called after each shard written.
-    Returns ``out_dir``.
+    ``exact_head`` (``kind="sampled"`` only): ids kept exactly before sampling the rest, in ``[0, top_k)``; default
+    ``top_k // 2``. Returns ``out_dir``.
     """
     from safetensors.torch import save_file
 
@@ -232,6 +252,11 @@ def write_teacher_cache(teacher, tokenizer, input_ids: torch.Tensor, out_dir, *,
         raise ValueError(f"temperature={temperature}; must be > 0")
     if kind not in KINDS:
         raise ValueError(f"kind={kind!r}; choose one of {KINDS}")
+    if kind == "topk" and exact_head not in (None, 0):
+        raise ValueError(f"exact_head={exact_head} applies to kind='sampled' only; leave it unset for kind='topk'")
+    exact_head = 0 if kind == "topk" else (top_k // 2 if exact_head is None else int(exact_head))
+    if not 0 <= exact_head < top_k:
+        raise ValueError(f"exact_head={exact_head}; must be in [0, top_k={top_k}) so that at least one id is sampled")
     if logprob_dtype not in LOGPROB_DTYPES:
         raise ValueError(f"logprob_dtype={logprob_dtype!r}; choose one of {sorted(LOGPROB_DTYPES)}")
     if shard_size < 1 or batch_size < 1:
@@ -249,7 +274,8 @@ def write_teacher_cache(teacher, tokenizer, input_ids: torch.Tensor, out_dir, *,
         tokenizer_hash=tokenizer_hash(tokenizer), vocab_size=vocab, top_k=int(top_k), temperature=float(temperature),
         max_length=int(input_ids.shape[1]), packing=attention_mask is None,
         data_fingerprint=data_fingerprint(input_ids, attention_mask), num_sequences=int(input_ids.shape[0]),
-        shard_size=int(shard_size), kind=kind, logprob_dtype=logprob_dtype, seed=int(seed))
+        shard_size=int(shard_size), kind=kind, logprob_dtype=logprob_dtype, seed=int(seed),
+        exact_head=exact_head)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     settings_path = out / SETTINGS_FILE
@@ -277,7 +303,8 @@ def write_teacher_cache(teacher, tokenizer, input_ids: torch.Tensor, out_dir, *,
             with torch.no_grad():
                 logits = teacher(input_ids=ids_b, attention_mask=mask_b, use_cache=False).logits
             for row in logits:  # one sequence at a time: [L, V] fp32 temporaries only
-                i, lp, t = teacher_topk(row, top_k, temperature, kind=kind, generator=gen)
+                i, lp, t = teacher_topk(row, top_k, temperature, kind=kind, exact_head=exact_head,
+                                         generator=gen)
                 ids_out.append(i.cpu())
                 lp_out.append(lp.to(store_dtype).cpu())
                 tail_out.append(t.float().cpu())
@@ -376,7 +403,7 @@ class TeacherCache:
                          top_k: Optional[int] = None) -> None:
         """Refuse (``TeacherCacheError`` naming the field, both values and the fix) a cache built otherwise."""
         s = self.settings
-        rebuild = f"rebuild the cache with `hf-minitron cache-teacher` for these settings, or use matching ones"
+        rebuild = "rebuild the cache with `hf-minitron cache-teacher` for these settings, or use matching ones"
 
         def refuse(field, cached, asked, fix=rebuild):
             raise TeacherCacheError(f"teacher cache {self.path} was built with {field}={cached!r}, the run asks for "

@@ -26,7 +26,8 @@ log-weights ``log_w`` (and, for ``bucket``, the log of the teacher's remaining m
   vocabulary: ``sum_i p~_i (log p~_i - log q_i)``. The target puts zero mass outside the top-k, so the student is
   pushed to over-confidence; with ``k = 1`` it is cross-entropy on the teacher's top token.
 * ``tail="sampled"``: ids drawn from the teacher with importance weights ``w`` (``E[w_id] = p_id``, e.g. counts / draws
-  when the proposal is the teacher itself), loss ``sum_i w_i (log w_i - log q_i)``. Its gradient ``sum(w) q - w`` is
+  when the proposal is the teacher itself, or the teacher's top ids with their exact ``p`` plus draws from the rest
+  weighted by its mass, as ``hf_minitron.teacher_cache`` stores them), loss ``sum_i w_i (log w_i - log q_i)``. Its gradient ``sum(w) q - w`` is
   an unbiased estimate of the full forward-KL gradient ``q - p`` (as in random-sampling KD); the loss *value* is not
   an unbiased estimate of the KL (the sample's entropy term differs), and the variance falls as ``k`` grows.
   Ids must be distinct: merge repeated draws into one id with the summed weight and pad with unused ids of weight 0

@@ -12,7 +12,7 @@ import torch
 
 from hf_minitron.teacher_cache import (
     TeacherCache, TeacherCacheCollator, TeacherCacheError, cache_index_dataset, finalize_teacher_cache, merge_draws,
-    write_teacher_cache,
+    teacher_topk, write_teacher_cache,
 )
 from hf_minitron.testing import tiny_model, tiny_tokenizer
 from conftest import random_ids
@@ -161,6 +161,38 @@ def test_merge_draws_gives_distinct_ids_with_count_weights():
         assert set(i.tolist()) - set(got) <= set(f.tolist())
 
 
+@pytest.mark.parametrize("exact_head", [0, 3, 7])
+def test_sampled_weights_are_unbiased_and_keep_the_head_exact(exact_head):
+    """Each row's weights sum to 1, the head is the teacher's own top ids and log-probs, and the mean weight of every id
+    over many draws is the teacher's probability (within 5 standard errors of the weight's known variance)."""
+    rows, vocab, k, n = 3, 40, 8, 20000
+    logits = torch.randn(rows, vocab, generator=torch.Generator().manual_seed(1)) * 2
+    p = torch.softmax(logits.double(), -1)
+    ids, logw, tail = teacher_topk(logits.repeat(n, 1), k, kind="sampled", exact_head=exact_head,
+                                   generator=torch.Generator().manual_seed(2))
+    assert ids.shape == logw.shape == (n * rows, k) and torch.isneginf(tail).all()
+    w = torch.zeros(n * rows, vocab, dtype=torch.float64).scatter_add_(1, ids.long(), logw.double().exp())
+    assert torch.allclose(w.sum(-1), torch.ones(n * rows, dtype=torch.float64), atol=1e-6)
+    assert all(len(set(r.tolist())) == k for r in ids[:50])
+    top = p.topk(exact_head, dim=-1)
+    assert torch.equal(ids[:rows, :exact_head].long(), top.indices)
+    assert torch.allclose(logw[:rows, :exact_head].double(), top.values.log(), atol=1e-5)
+    w = w.view(n, rows, vocab)
+    p_rest = 1 - top.values.sum(-1, keepdim=True)
+    stderr = (p * p_rest / (k - exact_head) / n).sqrt()  # Var(w_id) <= p_id * p_rest / draws
+    assert ((w.mean(0) - p).abs() <= 5 * stderr + 1e-6).all()
+
+
+def test_sampled_rows_without_remaining_mass_get_zero_weights():
+    """A teacher whose mass sits entirely in the head (masked vocabulary): no NaN, the rest padded with weight 0."""
+    logits = torch.full((2, 20), float("-inf"))
+    logits[:, :3] = torch.tensor([2.0, 1.0, 0.0])
+    ids, logw, _ = teacher_topk(logits, 6, kind="sampled", exact_head=4)
+    assert not torch.isnan(logw).any()
+    assert torch.allclose(logw.exp().sum(-1), torch.ones(2), atol=1e-6)
+    assert all(len(set(r.tolist())) == 6 for r in ids)
+
+
 def test_sampled_cache_and_collator(setup, tmp_path):
     model, tok, _ = setup
     ids = random_ids(model.config.vocab_size, batch=3, seq=SEQ, seed=4)
@@ -198,6 +230,12 @@ def test_cli_builds_a_cache(tmp_path, capsys):
     assert f"{cache.bytes_per_token} bytes/token" in capsys.readouterr().out
     with pytest.raises(FileNotFoundError):
         main(["cache-teacher", str(model_dir), "--data", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "c2")])
+    with pytest.raises(SystemExit, match="--exact-head applies to --sampled"):
+        main(["cache-teacher", str(model_dir), "--data", str(data), "--exact-head", "2", "--out", str(tmp_path / "c3")])
+    with pytest.raises(SystemExit, match=r"--exact-head=4: must be in \[0, --top-k=4\)"):
+        main(["cache-teacher", str(model_dir), "--data", str(data), "--top-k", "4", "--sampled", "--exact-head", "4",
+              "--out", str(tmp_path / "c3")])
+    assert not (tmp_path / "c3").exists()
 
 
 # --- training from the cache (DistillationTrainer with no teacher in memory) -----------------------------------------

@@ -20,8 +20,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-sequences", type=int, default=None, help="sequences to cache (default: all the data gives)")
     p.add_argument("--temperature", type=float, default=1.0, help="teacher softmax temperature (default 1.0)")
     p.add_argument("--dtype", choices=["float16", "bfloat16"], default="float16", help="stored log-prob dtype")
-    p.add_argument("--sampled", action="store_true", help="store k draws from the teacher (for tail='sampled') "
-                                                          "instead of the top-k")
+    p.add_argument("--sampled", action="store_true", help="store sampled ids with unbiased weights (for "
+                   "tail='sampled') instead of the top-k and the tail mass")
+    p.add_argument("--exact-head", type=int, default=None, help="with --sampled: ids kept exactly (the teacher's most "
+                   "likely) before the remaining k - N are drawn from the rest of the distribution (default k // 2; "
+                   "0 = plain random-sampling KD)")
     p.add_argument("--no-packing", action="store_true", help="one document per sequence, padded (default: packed)")
     p.add_argument("--text-field", default="text", help="field of .json/.jsonl records holding the text")
     p.add_argument("--shard-size", type=int, default=64, help="sequences per shard (default 64)")
@@ -41,6 +44,11 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"--{name.replace('_', '-')}={getattr(args, name)}: must be >= 1")
     if not args.temperature > 0:
         raise SystemExit(f"--temperature={args.temperature}: must be > 0")
+    if args.exact_head is not None and not args.sampled:
+        raise SystemExit("--exact-head applies to --sampled caches only: add --sampled or drop --exact-head")
+    if args.exact_head is not None and not 0 <= args.exact_head < args.top_k:
+        raise SystemExit(f"--exact-head={args.exact_head}: must be in [0, --top-k={args.top_k}) so that at least one "
+                         "id is sampled")
 
     import torch
     from accelerate import PartialState
@@ -62,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     write_teacher_cache(teacher, tokenizer, input_ids, args.out, top_k=args.top_k, temperature=args.temperature,
                         attention_mask=mask, kind="sampled" if args.sampled else "topk", logprob_dtype=args.dtype,
                         shard_size=args.shard_size, batch_size=args.batch_size, teacher_source=args.teacher,
-                        seed=args.seed, process_index=state.process_index, num_processes=state.num_processes,
+                        seed=args.seed, exact_head=args.exact_head, process_index=state.process_index, num_processes=state.num_processes,
                         finalize=False)
     state.wait_for_everyone()
     if state.is_main_process:
