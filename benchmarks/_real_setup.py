@@ -12,6 +12,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "wiki_train.txt"
+CALIB = REPO.parent / "shared" / "data" / "c4_calib.jsonl"
+DROP_CHOICES = ("contiguous", "block_influence")
 
 
 def teacher_and_blocks(steps: int, batch: int, seq: int, held_out_blocks: int):
@@ -39,3 +41,24 @@ def fifteen_layer_drop(teacher) -> list[int]:
     """Layers to drop for the 15-layer student: keep 0..13 and the last layer (a contiguous block before the last)."""
     n_layers = teacher.config.num_hidden_layers
     return list(range(n_layers - 16, n_layers - 1))
+
+
+def block_influence_drop(teacher, tokenizer, n_drop: int = 15, num_samples: int = 32, seq_len: int = 256) -> list[int]:
+    """The ``n_drop`` layers the library's default depth criterion (Block Influence, scored on ``num_samples`` blocks
+    of ``seq_len`` tokens of c4_calib.jsonl) drops: what ``hf-minitron importance`` + ``prune --num_hidden_layers``
+    would give."""
+    from hf_minitron.data import load_texts, token_blocks
+    from hf_minitron.importance import estimate_importance
+
+    calib = token_blocks(load_texts(CALIB), tokenizer, seq_len, num_samples)
+    scores = estimate_importance(teacher, calib, batch_size=4, depth_criteria=("block_influence",))
+    return sorted(scores.layers_to_drop(n_drop, "block_influence"))
+
+
+def student_drop(teacher, tokenizer, how: str) -> list[int]:
+    """Layers to drop for the 15-layer student: ``contiguous`` (14..28) or ``block_influence`` (the library default)."""
+    if how == "contiguous":
+        return fifteen_layer_drop(teacher)
+    if how == "block_influence":
+        return block_influence_drop(teacher, tokenizer)
+    raise ValueError(f"--drop-by {how!r}: choose from {DROP_CHOICES}")
