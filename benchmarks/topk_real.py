@@ -1,15 +1,18 @@
 """Real-model check: offline top-k KL from a teacher cache vs online full-vocabulary forward KL, same tokens.
 
-    .venv/bin/python benchmarks/topk_real.py                      # 40 steps of 4 x 256 tokens, k=64, tail=bucket
-    .venv/bin/python benchmarks/topk_real.py --steps 20 --tail renormalize
+    .venv/bin/python benchmarks/topk_real.py                       # 40 steps of 4 x 256 tokens, k=64, sampled + bucket
+    .venv/bin/python benchmarks/topk_real.py --drop-by block_influence --tails sampled,bucket,renormalize
+    .venv/bin/python benchmarks/topk_real.py --tails sampled --exact-head 0     # plain random-sampling KD
 
-Teacher: SmolLM2-135M-Instruct (the embedded GGUF). Student: the teacher depth-pruned to 15 layers (layers 14..28
-dropped, the Minitron choice of a contiguous block before the last layer). Data: ../shared/data/wiki_train.txt, the last
-10% of the articles held out. Both runs see the same token blocks in the same order (same seed) with the optimiser
-settings of benchmarks/distill_real.py (AdamW, lr 3e-4, 2 warm-up steps, then constant); the offline run first writes
-the teacher cache with ``write_teacher_cache`` (what ``hf-minitron cache-teacher`` runs) and then trains with no
-teacher in memory. Prints held-out perplexities, the
-relative gap (target: offline within 2% of online), cache bytes per token and wall times.
+Teacher: SmolLM2-135M-Instruct (the embedded GGUF). Student: the teacher depth-pruned to 15 layers, either layers
+14..28 dropped (``--drop-by contiguous``, default: the Minitron choice of a contiguous block before the last layer, a
+badly broken start) or the 15 layers the library's default Block Influence score drops (``--drop-by block_influence``,
+scored on c4_calib.jsonl). Data: ../shared/data/wiki_train.txt, the last 10% of the articles held out. Every run sees
+the same token blocks in the same order (same seed) with the optimiser settings of benchmarks/distill_real.py (AdamW,
+lr 3e-4, 2 warm-up steps, then constant); each offline run trains from a cache written first with
+``write_teacher_cache`` (what ``hf-minitron cache-teacher`` runs) with no teacher in memory. ``sampled`` caches keep
+the teacher's top ``--exact-head`` ids (default k // 2) and draw the rest. Prints held-out perplexities, the relative
+gap of each offline run (target: within 2% of online), cache bytes per token and wall times.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seq", type=int, default=256)
     p.add_argument("--k", type=int, default=64)
-    p.add_argument("--tails", default="bucket", help="comma-separated offline tails to run: bucket,renormalize,sampled")
+    p.add_argument("--tails", default="sampled,bucket", help="comma-separated offline tails to run: bucket,renormalize,sampled")
     p.add_argument("--drop-by", default="contiguous", choices=DROP_CHOICES,
                    help="which 15 layers to drop: contiguous = 14..28; block_influence = the library's default")
     p.add_argument("--exact-head", type=int, default=None,
@@ -49,7 +52,7 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--held-out-blocks", type=int, default=16)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the data order, of the trainers and of the cache's draws")
     p.add_argument("--keep", default=None, help="directory to keep the cache in (default: a temporary one)")
     args = p.parse_args(argv)
     tails = [t for t in args.tails.split(",") if t]
@@ -101,7 +104,7 @@ def main(argv=None) -> int:
                 cache_dir = (Path(args.keep) if args.keep else tmp) / f"cache-{kind}"
                 t = time.perf_counter()
                 write_teacher_cache(teacher, tok, train, cache_dir, top_k=args.k, batch_size=4, shard_size=32,
-                                    kind=kind, teacher_source="default",
+                                    kind=kind, teacher_source="default", seed=args.seed,
                                     exact_head=args.exact_head if kind == "sampled" else None)
                 caches[kind] = (TeacherCache(cache_dir), time.perf_counter() - t)
             cache, _ = caches[kind]
