@@ -70,14 +70,17 @@ def main(argv: list[str] | None = None) -> int:
     write_teacher_cache(teacher, tokenizer, input_ids, args.out, top_k=args.top_k, temperature=args.temperature,
                         attention_mask=mask, kind="sampled" if args.sampled else "topk", logprob_dtype=args.dtype,
                         shard_size=args.shard_size, batch_size=args.batch_size, teacher_source=args.teacher,
-                        seed=args.seed, exact_head=args.exact_head, process_index=state.process_index, num_processes=state.num_processes,
-                        finalize=False)
+                        seed=args.seed, exact_head=args.exact_head, process_index=state.process_index,
+                        num_processes=state.num_processes, finalize=False)
     state.wait_for_everyone()
     if state.is_main_process:
         manifest = finalize_teacher_cache(args.out)
         cache = TeacherCache(args.out)
+        kind = cache.settings.kind
+        if kind == "sampled":
+            kind += f", exact head {cache.settings.exact_head}"
         print(f"teacher cache {args.out}: {len(cache)} sequences x {cache.settings.max_length} tokens, "
-              f"k={cache.settings.top_k} ({cache.settings.kind}), {len(cache.shards)} shards, "
+              f"k={cache.settings.top_k} ({kind}), {len(cache.shards)} shards, "
               f"{manifest['bytes'] / 2**20:.1f} MiB, {manifest['bytes_per_token']} bytes/token "
               f"(see {MANIFEST_FILE})")
     return 0
