@@ -546,6 +546,8 @@ def prepare_cache_training(args, model, processing_class, *, teacher_model=None,
         raise ValueError("intermediate_layer_map needs the teacher's hidden states, which a teacher cache does not "
                          "hold: unset it or train with the teacher in memory")
     cache = TeacherCache(args.teacher_cache)
+    if args.topk_tail is None:  # the tail the cache was built for
+        args.topk_tail = "sampled" if cache.settings.kind == "sampled" else "bucket"
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     cache.check_compatible(tokenizer=processing_class, max_length=args.max_length, temperature=args.temperature,
                            tail=args.topk_tail, vocab_size=int(base.get_output_embeddings().weight.shape[0]))

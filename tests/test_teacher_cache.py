@@ -279,6 +279,18 @@ def test_trainer_loss_from_cache_matches_reference(setup, tmp_path, tail):
     assert any(not torch.equal(a, b) for a, b in zip(before, student.parameters()))
 
 
+def test_trainer_takes_the_tail_from_the_cache_when_unset(setup, tmp_path):
+    from hf_minitron.distill import DistillationTrainer
+
+    model, tok, ids = setup
+    for kind, tail in (("topk", "bucket"), ("sampled", "sampled")):
+        cache = write_teacher_cache(model, tok, ids, tmp_path / kind, top_k=K, kind=kind)
+        args = _config(tmp_path / kind, teacher_cache=str(cache))
+        assert args.topk_tail is None
+        DistillationTrainer(tiny_model("llama"), args=args, processing_class=tok)
+        assert args.topk_tail == tail
+
+
 def test_trainer_refuses_mismatched_cache(setup, tmp_path):
     from hf_minitron.distill import DistillationConfig, DistillationTrainer
 

@@ -5,8 +5,8 @@ Every ``DistillationConfig`` field (TRL/transformers training arguments included
 given with ``--config`` (TRL's parser: command-line flags override the file).
 
 ``--cache CACHE`` trains from an offline teacher cache (``hf-minitron cache-teacher``) instead of ``--teacher`` and
-``--data``: no teacher in memory, ``kd_loss=topk_kl`` (``--topk_tail bucket|renormalize|sampled``), the cache's tokens
-and ``--max_length``.
+``--data``: no teacher in memory, ``kd_loss=topk_kl`` (``--topk_tail bucket|renormalize|sampled``, default: what the
+cache was built for), the cache's tokens and ``--max_length``.
 """
 
 from __future__ import annotations

@@ -44,8 +44,9 @@ class DistillationConfig(SFTConfig):
             weight becomes ``intermediate_weight * logit_loss / intermediate_loss``, without gradient).
         teacher_cache: an offline teacher cache (``hf-minitron cache-teacher``) to train from with no teacher in
             memory; it supplies the training tokens and needs ``kd_loss="topk_kl"``.
-        topk_tail: ``kd_loss="topk_kl"``: ``"bucket"`` (default), ``"renormalize"`` or ``"sampled"`` (see
-            ``hf_minitron.kernels.topk_kl`` for what each compares and its bias).
+        topk_tail: ``kd_loss="topk_kl"``: ``"bucket"``, ``"renormalize"`` or ``"sampled"`` (see
+            ``hf_minitron.kernels.topk_kl`` for what each compares and its bias); default: ``"sampled"`` for a
+            ``--sampled`` cache, ``"bucket"`` for a top-k cache.
     """
 
     kd_loss: str = field(
@@ -101,11 +102,12 @@ class DistillationConfig(SFTConfig):
         metadata={"help": "Train from an offline teacher cache (`hf-minitron cache-teacher`) with no teacher in "
                           "memory; needs kd_loss='topk_kl'. The cache supplies the training tokens."},
     )
-    topk_tail: str = field(
-        default="bucket",
+    topk_tail: str | None = field(
+        default=None,
         metadata={"help": "kd_loss='topk_kl': how the teacher's mass outside its stored ids counts: 'bucket' (one "
                           "extra class), 'renormalize' (teacher renormalised over its top-k) or 'sampled' (a "
-                          "--sampled cache; unbiased in expectation).", "choices": ["bucket", "renormalize", "sampled"]},
+                          "--sampled cache; unbiased in expectation). Default: 'sampled' for a --sampled cache, 'bucket' "
+                          "otherwise.", "choices": ["bucket", "renormalize", "sampled"]},
     )
 
     def __post_init__(self):
@@ -116,7 +118,7 @@ class DistillationConfig(SFTConfig):
         if (self.kd_loss == TOPK_KD_LOSS) != (self.teacher_cache is not None):
             raise ValueError("kd_loss='topk_kl' and teacher_cache go together: build a cache with `hf-minitron "
                              "cache-teacher` and set teacher_cache (--cache) with kd_loss='topk_kl'")
-        if self.topk_tail not in ("bucket", "renormalize", "sampled"):
+        if self.topk_tail not in (None, "bucket", "renormalize", "sampled"):
             raise ValueError(f"topk_tail={self.topk_tail!r}; choose bucket, renormalize or sampled")
         if not self.temperature > 0:
             raise ValueError(f"temperature={self.temperature}; must be > 0 (1.0 is the Minitron setting)")
