@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import os
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -62,3 +68,41 @@ def student_drop(teacher, tokenizer, how: str) -> list[int]:
     if how == "block_influence":
         return block_influence_drop(teacher, tokenizer)
     raise ValueError(f"--drop-by {how!r}: choose from {DROP_CHOICES}")
+
+
+@dataclass
+class RealCheck:
+    """What every real-model check starts from: the teacher, its data and the 15-layer student before training."""
+
+    teacher: object
+    tokenizer: object
+    train: torch.Tensor            # [steps * batch, seq] training blocks
+    held: torch.Tensor             # [held_out_blocks, seq] held-out blocks
+    student: object                # the pruned student (eval mode, untrained)
+    ppl_teacher: float
+    ppl_student: float
+
+
+def real_check_setup(args, drop_by: str = "contiguous") -> RealCheck | None:
+    """Seed with ``args.seed``, load the teacher and ``args.steps * args.batch`` training blocks of ``args.seq`` tokens
+    (plus ``args.held_out_blocks`` held-out ones), prune the student by ``drop_by``, measure both held-out perplexities
+    and print one setup line. ``None`` (after printing why) when the data is absent or too short."""
+    import torch
+
+    from hf_minitron import prune_model
+    from hf_minitron.evaluation import perplexity
+
+    torch.manual_seed(args.seed)
+    t0 = time.perf_counter()
+    setup = teacher_and_blocks(args.steps, args.batch, args.seq, args.held_out_blocks)
+    if setup is None:
+        return None
+    teacher, tok, train, held = setup
+    drop = student_drop(teacher, tok, drop_by)
+    student = prune_model(teacher, {"drop_layers": drop})
+    check = RealCheck(teacher, tok, train, held, student, perplexity(teacher, held), perplexity(student, held))
+    n_layers = teacher.config.num_hidden_layers
+    print(f"setup {time.perf_counter() - t0:.0f}s: teacher {n_layers} layers, student {n_layers - len(drop)} layers "
+          f"(dropped {drop}, {drop_by}), {train.shape[0]} x {args.seq} training tokens, {held.shape[0]} x {args.seq} "
+          f"held-out tokens; held-out ppl teacher {check.ppl_teacher:.2f}, student {check.ppl_student:.2f}", flush=True)
+    return check

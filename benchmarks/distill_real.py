@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 
-from _real_setup import fifteen_layer_drop, teacher_and_blocks
+from _real_setup import real_check_setup
 
 
 def main(argv=None) -> int:
@@ -38,26 +38,15 @@ def main(argv=None) -> int:
     import datasets
     import torch
 
-    from hf_minitron import prune_model
     from hf_minitron.distill import DistillationConfig, DistillationTrainer
     from hf_minitron.evaluation import perplexity
 
-    torch.manual_seed(args.seed)
-    t0 = time.perf_counter()
-    setup = teacher_and_blocks(args.steps, args.batch, args.seq, args.held_out_blocks)
-    if setup is None:
+    check = real_check_setup(args)
+    if check is None:
         return 2
-    teacher, tok, train, held = setup
-    n_train = args.steps * args.batch
-    n_layers = teacher.config.num_hidden_layers
-    drop = fifteen_layer_drop(teacher)
-    student = prune_model(teacher, {"drop_layers": drop}).train()
-    ppl_teacher = perplexity(teacher, held)
-    ppl_before = perplexity(student, held)
-    print(f"setup {time.perf_counter() - t0:.0f}s: teacher {n_layers} layers, student "
-          f"{student.config.num_hidden_layers} layers (dropped {drop[0]}..{drop[-1]}), {n_train} x {args.seq} "
-          f"training tokens, {held.shape[0]} x {args.seq} held-out tokens; held-out ppl teacher {ppl_teacher:.2f}, "
-          f"student {ppl_before:.2f}", flush=True)
+    teacher, tok, train, held = check.teacher, check.tokenizer, check.train, check.held
+    student = check.student.train()
+    ppl_teacher, ppl_before = check.ppl_teacher, check.ppl_student
 
     with tempfile.TemporaryDirectory() as tmp:
         config = DistillationConfig(

@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _real_setup import DROP_CHOICES, student_drop, teacher_and_blocks
+from _real_setup import DROP_CHOICES, real_check_setup
 
 
 def _config(out, args, **kw):
@@ -61,28 +61,16 @@ def main(argv=None) -> int:
         p.error(f"--tails {args.tails!r}: choose from bucket, renormalize, sampled")
 
     import datasets
-    import torch
 
-    from hf_minitron import prune_model
     from hf_minitron.distill import DistillationTrainer
     from hf_minitron.evaluation import perplexity
     from hf_minitron.teacher_cache import TeacherCache, write_teacher_cache
 
-    torch.manual_seed(args.seed)
-    t0 = time.perf_counter()
-    setup = teacher_and_blocks(args.steps, args.batch, args.seq, args.held_out_blocks)
-    if setup is None:
+    check = real_check_setup(args, args.drop_by)
+    if check is None:
         return 2
-    teacher, tok, train, held = setup
+    teacher, tok, train, held, student0 = check.teacher, check.tokenizer, check.train, check.held, check.student
     n_train = args.steps * args.batch
-    n_layers = teacher.config.num_hidden_layers
-    drop = student_drop(teacher, tok, args.drop_by)
-    student0 = prune_model(teacher, {"drop_layers": drop})
-    ppl_teacher = perplexity(teacher, held)
-    ppl_start = perplexity(student0, held)
-    print(f"setup {time.perf_counter() - t0:.0f}s: teacher {n_layers} layers, student {n_layers - len(drop)} layers "
-          f"(dropped {drop}, {args.drop_by}), "
-          f"{n_train} x {args.seq} training tokens, {held.shape[0]} x {args.seq} held-out tokens", flush=True)
 
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -118,8 +106,8 @@ def main(argv=None) -> int:
 
     online = results["online forward_kl"][0]
     print(f"\nheld-out perplexity ({held.shape[0]} x {args.seq} tokens of wiki_train.txt, last 10% of articles)")
-    print(f"  teacher (30 layers)                 {ppl_teacher:9.3f}")
-    print(f"  student before distillation         {ppl_start:9.3f}")
+    print(f"  teacher (30 layers)                 {check.ppl_teacher:9.3f}")
+    print(f"  student before distillation         {check.ppl_student:9.3f}")
     for name, (ppl, secs) in results.items():
         print(f"  {name:<36}{ppl:9.3f}   train {secs:6.0f}s")
     ok = True
