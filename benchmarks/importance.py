@@ -77,7 +77,7 @@ def main():
             s += timed(lambda: estimate_importance(model, batch, depth_criteria=("block_influence",), **kw))
             w += timed(lambda: estimate_importance(model, batch, depth_criteria=(), **kw))
     tokens *= args.rounds
-    print(f"| pass | tokens/s | time (s) | vs bare forward |\n|---|---|---|---|")
+    print("| pass | tokens/s | time (s) | vs bare forward |\n|---|---|---|---|")
     print(f"| bare forward | {tokens / b:.0f} | {b:.2f} | 1.00x |")
     print(f"| scoring: width + Block Influence (default hooks) | {tokens / s:.0f} | {s:.2f} | {s / b:.3f}x |")
     print(f"| scoring: width only | {tokens / w:.0f} | {w:.2f} | {w / b:.3f}x |")
@@ -91,7 +91,7 @@ def main():
     t_block = timed(lambda: estimate_importance(model, sub, depth_criteria=("block",), block_sizes=(args.block_size,),
                                                 loss_num_samples=None, **kw))
     print(f"\noptional depth passes over {sub.shape[0]} block(s) ({sub.numel()} tokens); bare forward {sub_bare:.2f} s")
-    print(f"| criterion | extra passes | time (s) | vs bare forward over the same blocks |\n|---|---|---|---|")
+    print("| criterion | extra passes | time (s) | vs bare forward over the same blocks |\n|---|---|---|---|")
     print(f"| lm_loss (scoring pass + one pass per layer) | {L} | {t_loss:.1f} | {t_loss / sub_bare:.1f}x |")
     print(f"| block search, {args.block_size} layers (scoring pass + one pass per start) | {L - args.block_size + 1} "
           f"| {t_block:.1f} | {t_block / sub_bare:.1f}x |")

@@ -27,9 +27,10 @@ log-weights ``log_w`` (and, for ``bucket``, the log of the teacher's remaining m
   pushed to over-confidence; with ``k = 1`` it is cross-entropy on the teacher's top token.
 * ``tail="sampled"``: ids drawn from the teacher with importance weights ``w`` (``E[w_id] = p_id``, e.g. counts / draws
   when the proposal is the teacher itself, or the teacher's top ids with their exact ``p`` plus draws from the rest
-  weighted by its mass, as ``hf_minitron.teacher_cache`` stores them), loss ``sum_i w_i (log w_i - log q_i)``. Its gradient ``sum(w) q - w`` is
-  an unbiased estimate of the full forward-KL gradient ``q - p`` (as in random-sampling KD); the loss *value* is not
-  an unbiased estimate of the KL (the sample's entropy term differs), and the variance falls as ``k`` grows.
+  weighted by its mass, as ``hf_minitron.teacher_cache`` stores them), loss ``sum_i w_i (log w_i - log q_i)``. Its
+  gradient ``sum(w) q - w`` is an unbiased estimate of the full forward-KL gradient ``q - p`` (as in random-sampling
+  KD); the loss *value* is not an unbiased estimate of the KL (the sample's entropy term differs), and the variance
+  falls as ``k`` grows.
   Ids must be distinct: merge repeated draws into one id with the summed weight and pad with unused ids of weight 0
   (``log_w = -inf``).
 

@@ -160,7 +160,7 @@ def load_sft_data(source, *, text_field: str = "text", limit: int | None = None)
     else:
         rows = []
         for i, r in enumerate(records):
-            _require(r, (text_field,), i, f"plain-text SFT (set text_field, or give 'messages')")
+            _require(r, (text_field,), i, "plain-text SFT (set text_field, or give 'messages')")
             rows.append({"text": _text(r[text_field], i, text_field)})
     return datasets.Dataset.from_list(rows)
 

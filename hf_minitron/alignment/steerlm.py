@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 from .data import AlignmentDataError, check_messages, load_records
 from .training import LoraSettings, TrainSettings, merge_lora, unpatch_forward
