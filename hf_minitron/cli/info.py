@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-COMMAND = "info"
+# `hf-minitron info` (not a stage: it only reads a model)
 HELP = "Show a model's architecture: layers, hidden, heads, KV heads, head_dim, ffn, vocab, parameter counts."
 ORDER = 0
 

@@ -1,0 +1,139 @@
+"""The ``prune`` stage: load a model and its importance scores, prune to the targets, save atomically."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ..errors import ConfigError
+from .base import StageResult, register_stage
+
+DepthCriterion = Literal["block_influence", "lm_loss", "block"]
+Dtype = Literal["float32", "bfloat16", "float16"]
+
+
+@dataclass
+class PruneConfig:
+    r"""Configuration of :func:`run_prune`.
+
+    > Parameters that control the input
+
+        model (`str`, *optional*, defaults to `"default"`):
+            Model to prune: a Hub id, a local directory or a `.gguf` file (`"default"`: the embedded
+            SmolLM2-135M-Instruct).
+        scores (`str` or `None`, *optional*, defaults to `None`):
+            Directory written by the `importance` stage. Needed for every width target and for
+            `num_hidden_layers` (not for `drop_layers`).
+        dtype (`Literal["float32", "bfloat16", "float16"]`, *optional*, defaults to `"float32"`):
+            dtype the model is loaded, pruned and saved in.
+        trust_remote_code (`bool`, *optional*, defaults to `False`):
+            Allow the model's own code from the Hub.
+
+    > Parameters that control the target architecture (unset = keep)
+
+        hidden_size, intermediate_size, num_attention_heads, num_key_value_heads, num_hidden_layers (`int` or `None`):
+            Target sizes; the same in every layer, so the result is a stock config.
+        drop_layers (`list[int]` or `None`, *optional*, defaults to `None`):
+            Layer indices to remove, instead of `num_hidden_layers`.
+        depth_criterion (`Literal["block_influence", "lm_loss", "block"]` or `None`, *optional*):
+            How `num_hidden_layers` picks the layers to drop (default: the best criterion the scores hold).
+
+    > Parameters that control the output
+
+        output_dir (`str`):
+            Directory the pruned checkpoint is written to (atomically; a standard Hugging Face checkpoint).
+        overwrite (`bool`, *optional*, defaults to `False`):
+            Replace a non-empty `output_dir`.
+    """
+
+    model: str = field(default="default", metadata={
+        "help": "Model to prune: Hub id, local directory or .gguf file ('default': embedded SmolLM2-135M-Instruct)."})
+    scores: str | None = field(default=None, metadata={
+        "help": "Directory written by the importance stage (needed for width targets and num_hidden_layers)."})
+    output_dir: str | None = field(default=None, metadata={"help": "Directory the pruned checkpoint is written to."})
+    hidden_size: int | None = field(default=None, metadata={"help": "Target hidden size (embedding channels)."})
+    intermediate_size: int | None = field(default=None, metadata={"help": "Target MLP intermediate size."})
+    num_attention_heads: int | None = field(default=None, metadata={"help": "Target number of query heads."})
+    num_key_value_heads: int | None = field(default=None, metadata={"help": "Target number of KV heads (groups)."})
+    num_hidden_layers: int | None = field(default=None, metadata={
+        "help": "Target number of layers; the layers to drop are chosen by depth_criterion."})
+    drop_layers: list[int] | None = field(default=None, metadata={
+        "help": "Layer indices to remove (instead of num_hidden_layers), e.g. --drop_layers 10 11 12."})
+    depth_criterion: DepthCriterion | None = field(default=None, metadata={
+        "help": "How num_hidden_layers picks the layers to drop (default: the best criterion the scores hold)."})
+    dtype: Dtype = field(default="float32", metadata={"help": "dtype the model is loaded, pruned and saved in."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace a non-empty output_dir."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow the model's own code from the Hub."})
+
+    def __post_init__(self):
+        if not self.output_dir:
+            raise ConfigError("output_dir is not set: give the directory the pruned model goes to (--output_dir DIR)")
+        if self.num_hidden_layers is not None and self.drop_layers is not None:
+            raise ConfigError("num_hidden_layers and drop_layers both set: give one (drop_layers names the layers, "
+                              "num_hidden_layers lets depth_criterion choose them)")
+        for name in ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",
+                     "num_hidden_layers"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{name}={value}: must be >= 1 (or unset to keep the model's size)")
+        if not self.targets():
+            raise ConfigError("no target given: set at least one of hidden_size, intermediate_size, "
+                              "num_attention_heads, num_key_value_heads, num_hidden_layers, drop_layers")
+
+    def targets(self) -> dict:
+        """The pruning targets as ``prune_model`` takes them."""
+        keys = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "num_hidden_layers",
+                "drop_layers", "depth_criterion")
+        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+
+
+def check_scores_dir(path) -> None:
+    """Refuse a ``scores`` directory that holds no importance scores (before any model loads)."""
+    from pathlib import Path
+
+    from ..importance import MANIFEST_FILE, SCORES_FILE
+
+    where = Path(path).expanduser()
+    if not (where / MANIFEST_FILE).is_file() or not (where / SCORES_FILE).is_file():
+        raise ConfigError(f"scores={str(path)!r} holds no importance scores ({MANIFEST_FILE} + {SCORES_FILE}); "
+                          "run the importance stage first (`hf-minitron importance --output_dir DIR`)")
+
+
+@dataclass
+class PruneResult(StageResult):
+    """``metrics``: ``before``/``after`` architecture summaries, ``dropped_layers``, ``depth_criterion``."""
+
+
+@register_stage("prune", config=PruneConfig, inputs={"model": "teacher", "scores": "scores"}, produces="student")
+def run_prune(config: PruneConfig) -> PruneResult:
+    """Prune ``config.model`` to ``config.targets()`` and save it to ``config.output_dir``.
+
+    Checked before the model loads: the output directory, the scores directory and the model's architecture
+    (from its config). Checked before any weight is sliced: every target against the model's sizes and the scores.
+    """
+    from ..arch import get_adapter
+    from ..importance import ImportanceScores
+    from ..loading import check_model_source, load_causal_lm
+    from ..outputs import check_output_dir
+    from ..pruning import plan_pruning, prune_model
+
+    check_output_dir(config.output_dir, overwrite=config.overwrite, name="output_dir", fix="set overwrite")
+    check_model_source(config.model, trust_remote_code=config.trust_remote_code)
+    if config.scores is None and (set(config.targets()) - {"drop_layers", "depth_criterion"}):
+        raise ConfigError("scores is not set: width targets and num_hidden_layers need the importance stage's "
+                          "output (--scores DIR); only drop_layers works without scores")
+    if config.scores is not None:
+        check_scores_dir(config.scores)
+    model, tokenizer = load_causal_lm(config.model, dtype=config.dtype, trust_remote_code=config.trust_remote_code)
+    scores = ImportanceScores.load(config.scores, model=model) if config.scores else None
+    plan = plan_pruning(model, config.targets(), scores)
+    before = get_adapter(model).summary()
+    pruned = prune_model(model, config.targets(), scores, out_dir=config.output_dir, tokenizer=tokenizer,
+                         overwrite=config.overwrite)
+    after = get_adapter(pruned).summary()
+    metrics = {"parameters_before": before["parameters"], "parameters_after": after["parameters"],
+               "non_embedding_before": before["non_embedding_parameters"],
+               "non_embedding_after": after["non_embedding_parameters"],
+               "dropped_layers": plan.dropped_layers, "depth_criterion": plan.depth_criterion,
+               "before": before, "after": after}
+    return PruneResult(stage="prune", output_dir=str(config.output_dir), metrics=metrics)
