@@ -6,10 +6,15 @@ A stage module ``hf_minitron/stages/<name>.py`` defines
   "Parameters that control ...", every field with ``metadata={"help": ...}``, closed choices as ``Literal[...]``,
   validation in ``__post_init__`` raising :class:`~hf_minitron.errors.ConfigError` that names the field and the fix).
   Training stages subclass the TRL config they drive (``DistillationConfig``, ``SFTConfig``, ``DPOConfig``).
-  ``output_dir`` is always where the stage's product goes (a model, scores, a cache, a report);
+  ``output_dir`` is always where the stage's product goes (a model, scores, a cache, a report); a training stage
+  keeps its Trainer checkpoints and logs apart, in ``checkpoint_dir`` (default ``f"{output_dir}.checkpoints"``),
+  and has an ``overwrite`` field like every stage;
 * ``<Name>Result``: a :class:`StageResult` (where the product is, the key metrics);
 * ``run_<name>(config) -> <Name>Result``: the whole stage, including what a command line would add (checks before
-  any heavy work, before/after reports, the atomic save);
+  any heavy work, before/after reports, the atomic save: :func:`hf_minitron.outputs.check_output_dir` and
+  :func:`hf_minitron.loading.check_model_source` first, all data read and validated through
+  :func:`hf_minitron.data.load_records` before any model loads, :func:`hf_minitron.loading.save_model` or
+  :func:`hf_minitron.outputs.atomic_output_dir` to write);
 
 and registers itself with :func:`register_stage`. The ``hf-minitron`` subcommands and the recipe runner
 (:mod:`hf_minitron.recipe`) are generic shells over :data:`STAGES`: they parse a config, call the function, print
