@@ -75,7 +75,9 @@ def parse_stage_config(name: str, argv: list[str]):
     parser = HfArgumentParser((spec.config_cls,), prog=f"hf-minitron {name}", description=spec.help)
     parser.add_argument("--config", default=None, help="YAML file of this command's fields (flags on the command "
                                                          "line win).")
-    parser.add_argument("--debug", action="store_true", help="Show the traceback of an error.")
+    if "debug" not in {a.dest for a in parser._actions}:  # TrainingArguments has a `debug` field of its own
+        parser.add_argument("--debug", action="store_true", help="Show the traceback of an error (or set "
+                                                                  "HF_MINITRON_DEBUG=1).")
     args = list(argv)
     config_file = None
     if "--config" in args:

@@ -8,9 +8,7 @@ messages so they go through the tokenizer's template).
 
 from __future__ import annotations
 
-from pathlib import Path
-
-_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+from ..errors import DataError
 
 
 def _alpaca_to_messages(example):
@@ -22,32 +20,14 @@ def _alpaca_to_messages(example):
 
 def load_sft_dataset(source, *, text_field: str = "text", split: str = "train", name: str | None = None,
                      max_samples: int | None = None):
-    """A ``datasets.Dataset`` with a column ``SFTTrainer`` understands; a clear error names the columns otherwise."""
+    """A ``datasets.Dataset`` with a column ``SFTTrainer`` understands, read with the one data reader
+    (:func:`hf_minitron.data.load_records`); a :class:`DataError` names the columns otherwise."""
     import datasets
 
-    from ..data import load_texts
+    from ..data import load_records
 
-    path = Path(str(source)).expanduser()
-    if path.is_file():
-        if path.suffix == ".txt":
-            ds = datasets.Dataset.from_dict({text_field: load_texts(path)})
-        elif path.suffix in _FILE_BUILDERS:
-            ds = datasets.load_dataset(_FILE_BUILDERS[path.suffix], data_files=str(path), split="train")
-        else:
-            raise ValueError(f"data file {path} has an unsupported suffix; use .txt (one document per line), "
-                             ".jsonl, .json, .parquet or .csv")
-    elif path.is_dir() and (path / "dataset_info.json").is_file():
-        ds = datasets.load_from_disk(str(path))
-    elif path.is_dir():
-        ds = datasets.load_dataset(str(path), name=name, split=split)
-    elif str(source).startswith((".", "/", "~")) or path.suffix in {".txt", *_FILE_BUILDERS}:
-        raise FileNotFoundError(f"data {str(source)!r} does not exist")
-    else:
-        ds = datasets.load_dataset(str(source), name=name, split=split)
-    if isinstance(ds, datasets.DatasetDict):
-        if split not in ds:
-            raise ValueError(f"data {source!r} has no split {split!r} (splits: {list(ds)}); set --data_split")
-        ds = ds[split]
+    ds = datasets.Dataset.from_list(load_records(source, text_field=text_field, split=split, name=name,
+                                                   limit=max_samples))
     columns = set(ds.column_names)
     if {"instruction", "output"} <= columns and not columns & {text_field, "messages", "prompt"}:
         ds = ds.map(_alpaca_to_messages, remove_columns=ds.column_names)
@@ -55,7 +35,7 @@ def load_sft_dataset(source, *, text_field: str = "text", split: str = "train", 
     usable = (text_field in columns or "messages" in columns or "conversations" in columns
               or {"prompt", "completion"} <= columns or "input_ids" in columns)
     if not usable:
-        raise ValueError(
+        raise DataError(
             f"data {source!r} has columns {sorted(columns)}; distillation needs a text column "
             f"({text_field!r}, set --dataset_text_field), chat 'messages'/'conversations', 'prompt'+'completion', "
             "'input_ids', or Alpaca 'instruction'/'input'/'output'."
@@ -63,5 +43,5 @@ def load_sft_dataset(source, *, text_field: str = "text", split: str = "train", 
     if max_samples is not None:
         ds = ds.select(range(min(max_samples, len(ds))))
     if len(ds) == 0:
-        raise ValueError(f"data {source!r} holds no examples")
+        raise DataError(f"data {source!r} holds no examples")
     return ds
