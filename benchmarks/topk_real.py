@@ -64,7 +64,7 @@ def main(argv=None) -> int:
 
     from hf_minitron.distill import DistillationTrainer
     from hf_minitron.evaluation import perplexity
-    from hf_minitron.teacher_cache import TeacherCache, write_teacher_cache
+    from hf_minitron.distill.teacher_cache import TeacherCache, write_teacher_cache
 
     check = real_check_setup(args, args.drop_by)
     if check is None:

@@ -35,8 +35,8 @@ _LAZY = {
     "PruningTargets": "pruning",
     "topk_kl_loss": "kernels.topk_kl",
     "fused_linear_topk_kl_loss": "kernels.topk_kl",
-    "TeacherCache": "teacher_cache",
-    "write_teacher_cache": "teacher_cache",
+    "TeacherCache": "distill.teacher_cache",
+    "write_teacher_cache": "distill.teacher_cache",
 }
 
 __all__ = sorted(_LAZY)

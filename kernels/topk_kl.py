@@ -61,6 +61,10 @@ import torch
 from ._triton import triton_available, use_triton
 
 TAILS = ("bucket", "renormalize", "sampled")
+
+# The one chunk budget of every KD path (this kernel's chunked paths and ``hf_minitron.distill.losses``): at most this
+# many logits (tokens x vocab) exist per chunk, i.e. 16 MiB per fp32 temporary.
+KD_CHUNK_LOGITS = 1 << 22
 _MODE = {"bucket": 0, "renormalize": 1, "sampled": 2}
 _NEG_INF = float("-inf")
 
@@ -426,8 +430,8 @@ def _pick_backend(backend: str, tensor: torch.Tensor) -> str:
     return backend
 
 
-def default_chunk_rows(vocab_size: int, num_rows: int, budget: int = 1 << 25) -> int:
-    """Token rows per chunk: a power of two with ``rows * vocab`` about ``budget`` elements (at least 1)."""
+def default_chunk_rows(vocab_size: int, num_rows: int, budget: int = KD_CHUNK_LOGITS) -> int:
+    """Token rows per chunk: a power of two with ``rows * vocab`` at most ``budget`` elements (at least 1)."""
     rows = max(1, budget // max(1, vocab_size))
     rows = 1 << (rows.bit_length() - 1)
     return max(1, min(rows, num_rows))
@@ -622,7 +626,7 @@ def fused_linear_topk_kl_loss(hidden, weight, teacher_ids, teacher_logw, teacher
                               backend="auto", chunk_rows=None, block_v=None):
     """Top-k forward KL from student hidden states ``[..., H]`` and LM-head ``weight [V, H]`` (``bias [V]``).
 
-    The logits exist one chunk of ``chunk_rows`` tokens at a time (default: about 2^25 logits per chunk);
+    The logits exist one chunk of ``chunk_rows`` tokens at a time (default: at most ``KD_CHUNK_LOGITS`` logits);
     ``softcap`` applies ``c * tanh(logits / c)`` as the model does. Other arguments as :func:`topk_kl_loss`.
     """
     n = hidden.numel() // hidden.shape[-1]
@@ -683,7 +687,8 @@ def kl_and_cross_entropy_sums(student_logits, *, teacher_logits=None, teacher_id
 
 
 __all__ = [
-    "TAILS", "topk_kl_loss", "forward_kl_loss", "fused_linear_topk_kl_loss", "fused_linear_forward_kl_loss",
+    "KD_CHUNK_LOGITS", "TAILS", "topk_kl_loss", "forward_kl_loss", "fused_linear_topk_kl_loss",
+    "fused_linear_forward_kl_loss",
     "topk_kl_reference", "forward_kl_reference", "retemper_teacher_logprobs", "default_chunk_rows",
     "LogitsKLFunction", "FusedLinearKLFunction", "kl_and_cross_entropy_sums",
 ]

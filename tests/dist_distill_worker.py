@@ -42,7 +42,7 @@ def build_trainer(out_dir, per_device_batch: int, grad_accum: int = 1, **config)
     teacher = tiny_model("llama", seed=0)
     defaults = dict(
         output_dir=str(out_dir), max_steps=1, per_device_train_batch_size=per_device_batch,
-        gradient_accumulation_steps=grad_accum, gradient_checkpointing=False, report_to=[], logging_steps=1,
+        gradient_accumulation_steps=grad_accum, report_to=[], logging_steps=1,
         save_strategy="no", max_length=64, learning_rate=0.5, optim="sgd", lr_scheduler_type="constant",
         warmup_steps=0, weight_decay=0.0, max_grad_norm=0.0, use_cpu=True, dataloader_drop_last=False,
         temperature=2.0, ce_weight=0.3, disable_tqdm=True,

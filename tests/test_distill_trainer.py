@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _config(tmp_path, **overrides):
     values = dict(output_dir=str(tmp_path / "run"), max_steps=2, per_device_train_batch_size=4,
-                  gradient_checkpointing=False, report_to=[], logging_steps=1, save_strategy="no", max_length=48,
+                  report_to=[], logging_steps=1, save_strategy="no", max_length=48,
                   learning_rate=1e-2, use_cpu=True, disable_tqdm=True)
     values.update(overrides)
     return DistillationConfig(**values)
@@ -258,11 +258,22 @@ def test_missing_teacher_refused(tmp_path):
                             processing_class=tiny_tokenizer())
 
 
-def test_evaluate_reports_the_same_loss_as_a_training_step_on_the_same_batch(tmp_path):
+def test_eval_loss_is_the_students_cross_entropy_and_the_objective_has_its_own_name(tmp_path):
+    """eval_loss is what every script reads as held-out loss: the student's next-token cross-entropy, checked against
+    torch's cross_entropy on the same batch; the distillation objective is eval_distill_loss and equals the loss of a
+    training step on the same batch (same weights)."""
     trainer = build_trainer(tmp_path, per_device_batch=8, per_device_eval_batch_size=8)
     metrics = trainer.evaluate(Dataset.from_dict({"text": TEXTS}))
+    batch = _first_batch(trainer)
+    with torch.no_grad():
+        logits = trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    ce = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).double(), batch["labels"][:, 1:].flatten(),
+                                           ignore_index=-100)
+    assert metrics["eval_loss"] == pytest.approx(ce.item(), rel=1e-5)
+    assert metrics["eval_ce_loss"] == metrics["eval_loss"]
     trainer.train()
     step = [h for h in trainer.state.log_history if "loss" in h][0]
-    assert metrics["eval_loss"] == pytest.approx(step["loss"], rel=1e-5)
+    assert metrics["eval_distill_loss"] == pytest.approx(step["loss"], rel=1e-5)
     assert metrics["eval_kd_loss"] == pytest.approx(step["kd_loss"], rel=1e-5)
     assert metrics["eval_ce_loss"] == pytest.approx(step["ce_loss"], rel=1e-5)
+    assert metrics["eval_distill_loss"] != pytest.approx(metrics["eval_loss"], rel=1e-2)

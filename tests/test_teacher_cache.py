@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hf_minitron.teacher_cache import (
+from hf_minitron.distill.teacher_cache import (
     TeacherCache, TeacherCacheCollator, TeacherCacheError, cache_index_dataset, finalize_teacher_cache, merge_draws,
     teacher_topk, write_teacher_cache,
 )
@@ -244,7 +244,7 @@ def _config(tmp_path, **kw):
 
     base = dict(output_dir=str(tmp_path / "run"), use_cpu=True, bf16=False, per_device_train_batch_size=2,
                 max_steps=2, learning_rate=1e-3, logging_steps=1, report_to=[], save_strategy="no",
-                gradient_checkpointing=False, max_length=SEQ, kd_loss="topk_kl", teacher_cache=None)
+                max_length=SEQ, kd_loss="topk_kl", teacher_cache=None)
     base.update(kw)
     return DistillationConfig(**base)
 

@@ -25,11 +25,10 @@ from typing import NamedTuple
 
 import torch
 
-KD_LOSSES = ("forward_kl", "reverse_kl", "jsd")
-TOPK_KD_LOSS = "topk_kl"  # top-k KL against an offline teacher cache: hf_minitron.teacher_cache.topk_distillation_loss
+from ..kernels.topk_kl import KD_CHUNK_LOGITS
 
-# Default chunk: about this many logits (tokens x vocab) per chunk, i.e. 4 MiB per fp32 temporary (cache-sized).
-DEFAULT_CHUNK_ELEMENTS = 1 << 20
+KD_LOSSES = ("forward_kl", "reverse_kl", "jsd")
+TOPK_KD_LOSS = "topk_kl"  # top-k KL against an offline teacher cache: topk_distillation_loss below
 
 
 class DistillationLossOutput(NamedTuple):
@@ -43,8 +42,8 @@ class DistillationLossOutput(NamedTuple):
 
 
 def default_chunk_size(vocab_size: int) -> int:
-    """Tokens per chunk so that one fp32 chunk of logits holds about ``DEFAULT_CHUNK_ELEMENTS`` values."""
-    return max(1, DEFAULT_CHUNK_ELEMENTS // max(1, vocab_size))
+    """Tokens per chunk so that one chunk of logits holds at most ``KD_CHUNK_LOGITS`` values (at least one token)."""
+    return max(1, KD_CHUNK_LOGITS // max(1, vocab_size))
 
 
 def divergence_rows(student: torch.Tensor, teacher: torch.Tensor, *, kind: str, temperature: float = 1.0,
@@ -245,7 +244,7 @@ def distillation_loss(
         temperature: softmax temperature ``T`` of both sides; the divergence is multiplied by ``T**2``.
         targets: ``[...]`` next-token ids for the student's cross-entropy (at ``T = 1``); ``None`` skips it.
         ce_weight: weight of the cross-entropy in ``loss``.
-        chunk_size: tokens per chunk (default: about 1M logits per chunk).
+        chunk_size: tokens per chunk (default: ``KD_CHUNK_LOGITS // vocab`` tokens, 4M logits per chunk).
         vocab_size: compare only the first ``vocab_size`` entries (a shared vocabulary whose other rows are padding);
             ``None`` requires ``V_s == V_t``.
     """
@@ -308,3 +307,29 @@ def _kernel_forward_kl(student, teacher, mask, temperature, targets, ce_weight) 
     return DistillationLossOutput(*topk_kl.kl_and_cross_entropy_sums(
         student, teacher_logits=teacher, temperature=temperature, valid=None if mask is None else mask.reshape(-1),
         targets=None if targets is None else targets.reshape(-1), ce_weight=ce_weight))
+
+
+# --- top-k KL against an offline teacher cache (kd_loss="topk_kl") ---------------------------------------------------
+
+def topk_distillation_loss(student_logits, teacher_ids, teacher_logprobs, teacher_tail_logmass, mask=None, *,
+                           tail: str = "bucket", temperature: float = 1.0, cache_temperature: float = 1.0,
+                           targets=None, ce_weight: float = 0.0) -> DistillationLossOutput:
+    """``kd_loss="topk_kl"``: the top-k KL against cached teacher statistics (plus ``ce_weight`` x the student's
+    cross-entropy on ``targets``), summed over the counted tokens, through the fused kernel
+    (``hf_minitron.kernels.topk_kl``; see there for the ``tail`` choices and their bias). The student logits are
+    consumed (overwritten with their gradient) when they require grad.
+
+    ``teacher_ids`` / ``teacher_logprobs`` ``[..., k]``, ``teacher_tail_logmass [...]``: a batch of a
+    ``TeacherCache``; the log-probs were stored at ``cache_temperature`` (another ``temperature`` is exact for
+    ``tail="renormalize"``, refused otherwise).
+    """
+    from ..kernels.topk_kl import kl_and_cross_entropy_sums, retemper_teacher_logprobs
+
+    dev = student_logits.device
+    logw = retemper_teacher_logprobs(teacher_logprobs.to(dev), cache_temperature=cache_temperature,
+                                     temperature=temperature, tail=tail)
+    log_tail = None if teacher_tail_logmass is None or tail != "bucket" else teacher_tail_logmass.to(dev)
+    return DistillationLossOutput(*kl_and_cross_entropy_sums(
+        student_logits, teacher_ids=teacher_ids.to(dev), teacher_logw=logw, teacher_log_tail=log_tail, tail=tail,
+        temperature=temperature, valid=None if mask is None else mask.to(dev), targets=targets,
+        ce_weight=ce_weight, inplace=True))

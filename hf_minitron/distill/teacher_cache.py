@@ -93,7 +93,7 @@ def tokenizer_hash(tokenizer) -> str:
 
 def teacher_identity(model, source: Optional[str] = None) -> tuple[str, Optional[str], str]:
     """``(teacher id, revision, config hash)``: the Hub id or path, the Hub commit when known, a hash of its config."""
-    from .data import fingerprint
+    from ..data import fingerprint
 
     config = model.config
     name = source or getattr(config, "_name_or_path", "") or type(model).__name__
@@ -103,7 +103,7 @@ def teacher_identity(model, source: Optional[str] = None) -> tuple[str, Optional
 
 
 def data_fingerprint(input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> str:
-    from .data import fingerprint
+    from ..data import fingerprint
 
     parts = [input_ids.to(torch.int64)]
     if attention_mask is not None:
@@ -116,7 +116,7 @@ def encode_texts(texts: Sequence[str], tokenizer, max_length: int, *, packing: b
     """``(input_ids [n, L], attention_mask [n, L] or None)``: packed EOS-joined blocks of ``max_length`` tokens, or one
     document per row truncated to ``max_length`` and right-padded (with the mask)."""
     if packing:
-        from .data import token_blocks
+        from ..data import token_blocks
 
         return token_blocks(texts, tokenizer, max_length, num_sequences), None
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -502,62 +502,8 @@ def cache_index_dataset(cache: TeacherCache):
                                        "cache_index": list(range(len(cache)))})
 
 
-def topk_distillation_loss(student_logits, teacher_ids, teacher_logprobs, teacher_tail_logmass, mask=None, *,
-                           tail: str = "bucket", temperature: float = 1.0, cache_temperature: float = 1.0,
-                           targets=None, ce_weight: float = 0.0):
-    """``kd_loss="topk_kl"`` for ``DistillationTrainer``: the top-k KL against cached teacher statistics (plus
-    ``ce_weight`` x the student's cross-entropy on ``targets``), summed over the counted tokens, through the fused
-    kernel (``hf_minitron.kernels.topk_kl``; see there for the ``tail`` choices and their bias). Returns the trainer's
-    ``DistillationLossOutput``. The student logits are consumed (overwritten with their gradient).
-
-    ``teacher_ids`` / ``teacher_logprobs`` ``[..., k]``, ``teacher_tail_logmass [...]``: a cache batch; the log-probs
-    were stored at ``cache_temperature`` (another ``temperature`` is exact for ``tail="renormalize"``, refused
-    otherwise).
-    """
-    from .distill.losses import DistillationLossOutput
-    from .kernels.topk_kl import kl_and_cross_entropy_sums, retemper_teacher_logprobs
-
-    dev = student_logits.device
-    logw = retemper_teacher_logprobs(teacher_logprobs.to(dev), cache_temperature=cache_temperature,
-                                     temperature=temperature, tail=tail)
-    log_tail = None if teacher_tail_logmass is None or tail != "bucket" else teacher_tail_logmass.to(dev)
-    return DistillationLossOutput(*kl_and_cross_entropy_sums(
-        student_logits, teacher_ids=teacher_ids.to(dev), teacher_logw=logw, teacher_log_tail=log_tail, tail=tail,
-        temperature=temperature, valid=None if mask is None else mask.to(dev), targets=targets,
-        ce_weight=ce_weight, inplace=True))
-
-
-def prepare_cache_training(args, model, processing_class, *, teacher_model=None, train_dataset=None,
-                           data_collator=None):
-    """``(cache, train_dataset, data_collator)`` for a ``DistillationTrainer`` that trains from ``args.teacher_cache``
-    with no teacher in memory. Refuses, before any training, a teacher or dataset passed as well, a loss other than
-    ``topk_kl``, intermediate-state losses, and a cache built for another tokenizer, vocabulary, sequence length,
-    temperature or tail kind."""
-    if teacher_model is not None:
-        raise ValueError("pass either teacher_model or teacher_cache (--cache), not both: training from the cache "
-                         "needs no teacher in memory")
-    if train_dataset is not None:
-        raise ValueError("the teacher cache holds the training tokens: do not pass train_dataset (--data) together "
-                         "with teacher_cache; build the cache from that data with `hf-minitron cache-teacher`")
-    if args.kd_loss != "topk_kl":
-        raise ValueError(f"teacher_cache holds top-k teacher statistics, kd_loss={args.kd_loss!r} needs full teacher "
-                         "logits: set kd_loss='topk_kl' (--kd_loss topk_kl) or pass a teacher instead of the cache")
-    if getattr(args, "intermediate_layer_map", None):
-        raise ValueError("intermediate_layer_map needs the teacher's hidden states, which a teacher cache does not "
-                         "hold: unset it or train with the teacher in memory")
-    cache = TeacherCache(args.teacher_cache)
-    if args.topk_tail is None:  # the tail the cache was built for
-        args.topk_tail = "sampled" if cache.settings.kind == "sampled" else "bucket"
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    cache.check_compatible(tokenizer=processing_class, max_length=args.max_length, temperature=args.temperature,
-                           tail=args.topk_tail, vocab_size=int(base.get_output_embeddings().weight.shape[0]))
-    args.dataset_kwargs = {**(args.dataset_kwargs or {}), "skip_prepare_dataset": True}
-    args.remove_unused_columns = False  # keep `cache_index` for the collator
-    return cache, cache_index_dataset(cache), data_collator or TeacherCacheCollator(cache)
-
-
 __all__ = [
-    "CacheSettings", "TeacherCache", "TeacherCacheCollator", "TeacherCacheError", "cache_index_dataset",
-    "encode_texts", "finalize_teacher_cache", "merge_draws", "prepare_cache_training", "teacher_topk",
-    "topk_distillation_loss", "tokenizer_hash", "write_teacher_cache",
+    "TEACHER_KEYS", "CacheSettings", "TeacherCache", "TeacherCacheCollator", "TeacherCacheError",
+    "cache_index_dataset", "encode_texts", "finalize_teacher_cache", "merge_draws", "teacher_topk", "tokenizer_hash",
+    "write_teacher_cache",
 ]
