@@ -124,6 +124,7 @@ def run_prune(config: PruneConfig) -> PruneResult:
                           "output (--scores DIR); only drop_layers works without scores")
     if config.scores is not None:
         check_scores_dir(config.scores)
+    check_targets_fit(config.model, config.targets())
     model, tokenizer = load_causal_lm(config.model, dtype=config.dtype, trust_remote_code=config.trust_remote_code)
     scores = ImportanceScores.load(config.scores, model=model) if config.scores else None
     plan = plan_pruning(model, config.targets(), scores)
@@ -137,3 +138,55 @@ def run_prune(config: PruneConfig) -> PruneResult:
                "dropped_layers": plan.dropped_layers, "depth_criterion": plan.depth_criterion,
                "before": before, "after": after}
     return PruneResult(stage="prune", output_dir=str(config.output_dir), metrics=metrics)
+
+
+def load_model_config(source, *, trust_remote_code: bool = False):
+    """The ``PretrainedConfig`` of a model source (no weights), or ``None`` when it cannot be read offline."""
+    from pathlib import Path
+
+    from transformers import AutoConfig
+
+    from ..loading import resolve_source
+
+    resolved = resolve_source(source)
+    try:
+        if isinstance(resolved, Path) and resolved.is_file():
+            return AutoConfig.from_pretrained(str(resolved.parent), gguf_file=resolved.name)
+        return AutoConfig.from_pretrained(str(resolved), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError):
+        return None
+
+
+def check_targets_fit(model, targets: dict, *, where: str = "prune") -> None:
+    """Refuse targets the model cannot be pruned to, from its config alone (no weights): a size larger than the
+    model's, query heads that are not a multiple of the KV heads, KV heads that do not divide the model's, layers
+    out of range. ``model``: a ``PretrainedConfig`` or a model source (skipped when its config cannot be read)."""
+    config = model if hasattr(model, "to_dict") else load_model_config(model)
+    if config is None:
+        return
+    config = getattr(config, "text_config", None) or config
+    sizes = {k: getattr(config, k, None) for k in ("hidden_size", "intermediate_size", "num_attention_heads",
+                                                    "num_key_value_heads", "num_hidden_layers")}
+    if sizes["num_key_value_heads"] is None:
+        sizes["num_key_value_heads"] = sizes["num_attention_heads"]
+    for key, have in sizes.items():
+        want = targets.get(key)
+        if want is not None and have is not None and want > have:
+            raise ConfigError(f"{where}: {key}={want} is larger than the model's {have}; pruning only shrinks a "
+                              f"model: choose {key} <= {have}")
+    heads = targets.get("num_attention_heads") or sizes["num_attention_heads"]
+    kv = targets.get("num_key_value_heads") or sizes["num_key_value_heads"]
+    if heads and kv and heads % kv:
+        raise ConfigError(f"{where}: num_attention_heads={heads} is not a multiple of num_key_value_heads={kv}; "
+                          "each KV head must serve the same number of query heads")
+    if kv and sizes["num_key_value_heads"] and targets.get("num_key_value_heads") and \
+            sizes["num_key_value_heads"] % kv:
+        raise ConfigError(f"{where}: num_key_value_heads={kv} does not divide the model's "
+                          f"{sizes['num_key_value_heads']}; KV heads are pruned as whole groups, choose a divisor")
+    layers = sizes["num_hidden_layers"]
+    drop = targets.get("drop_layers")
+    if drop is not None and layers is not None:
+        bad = [i for i in drop if not 0 <= i < layers]
+        if bad or len(set(drop)) != len(drop) or len(set(drop)) >= layers:
+            raise ConfigError(f"{where}: drop_layers={list(drop)} must be distinct indices in [0, {layers - 1}] that "
+                              "leave at least one layer")
