@@ -219,7 +219,8 @@ def validate_recipe(recipe: Recipe, *, check_targets: bool = True) -> list[Plann
                 hint = ""
                 if missing:
                     product = spec.inputs[missing[0]]
-                    makers = [n for n in STAGE_TABLE if _produces(n) == product]
+                    before = list(STAGE_TABLE)[: list(STAGE_TABLE).index(stage.name)]
+                    makers = [n for n in before if _produces(n) == product]
                     hint = (f" (no earlier stage of the recipe makes its {product}: add one of "
                             f"{', '.join(makers)} before it, or set {stage.name}.{missing[0]})") if makers else ""
                 raise ConfigError(f"{where}: {text}{hint}") from None
