@@ -1,4 +1,4 @@
-"""Text loading, packing into blocks, and perplexity against a hand computation."""
+"""Text loading, packing into blocks, evaluation windows, and perplexity against a hand computation."""
 
 import json
 import math
@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from hf_minitron.data import fingerprint, load_texts, split_held_out, token_blocks
-from hf_minitron.evaluation import mean_nll, perplexity
+from hf_minitron.errors import ConfigError
+from hf_minitron.evaluation import eval_windows, evaluate_perplexity, mean_nll, perplexity
 from hf_minitron.testing import TINY_VOCAB, tiny_model
 
 
@@ -21,7 +22,7 @@ def test_load_texts_from_files(tmp_path):
     assert load_texts(["a", " ", "b"], limit=1) == ["a"]
     with pytest.raises(ValueError, match="no field 'text'"):
         load_texts(tmp_path / "c.json")
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(ValueError, match="does not exist"):
         load_texts(tmp_path / "missing.txt")
 
 
@@ -49,3 +50,33 @@ def test_mean_nll_matches_hand_computation():
     expected = -sum(logp[b, t, blocks[b, t + 1]].item() for b in range(3) for t in range(9)) / 27
     assert mean_nll(model, blocks, batch_size=2) == pytest.approx(expected, rel=1e-5)
     assert perplexity(model, blocks) == pytest.approx(math.exp(expected), rel=1e-5)
+
+
+def test_eval_windows_without_and_with_bos(tokenizer):
+    """Without BOS a window is seq_len packed text tokens; with BOS it is [BOS] + seq_len - 1 of them, so the first
+    text token is predicted too."""
+    texts = ["hello there", "general kenobi"]
+    stream = []
+    for t in texts:
+        stream += tokenizer(t, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+    plain = eval_windows(texts, tokenizer, 8)
+    assert plain.tolist() == [stream[0:8], stream[8:16], stream[16:24]][: len(stream) // 8]
+    tokenizer_bos = tokenizer.__class__(tokenizer_object=tokenizer.backend_tokenizer, bos_token="<|im_start|>",
+                                        eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    bos = tokenizer_bos.bos_token_id
+    with_bos = eval_windows(texts, tokenizer_bos, 8, add_bos=True)
+    assert with_bos.shape[1] == 8 and with_bos[:, 0].tolist() == [bos] * with_bos.shape[0]
+    assert with_bos[:, 1:].reshape(-1).tolist() == stream[: with_bos.shape[0] * 7]
+    assert eval_windows(texts, tokenizer, 8, 1).tolist() == [stream[0:8]]
+    with pytest.raises(ConfigError, match="add_bos is set but the tokenizer of m has no BOS"):
+        eval_windows(texts, tokenizer, 8, add_bos=True, model_name="m")
+
+
+def test_evaluate_perplexity_counts_predictions():
+    model = tiny_model("qwen3")
+    windows = torch.randint(0, TINY_VOCAB, (5, 7), generator=torch.Generator().manual_seed(3))
+    got = evaluate_perplexity(model, windows, batch_size=2)
+    assert got["windows"] == 5 and got["predicted_tokens"] == 30
+    assert got["nll"] == pytest.approx(mean_nll(model, windows, batch_size=5), rel=1e-6)
+    assert got["perplexity"] == pytest.approx(math.exp(got["nll"]), rel=1e-12)
+    assert got["windows_fingerprint"] != evaluate_perplexity(model, windows.flip(0))["windows_fingerprint"]
