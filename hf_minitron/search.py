@@ -338,7 +338,8 @@ class SearchOutcome:
         distilled = [c for c in self.candidates if c.distill_rank is not None]
         return {"budget": self.budget, "teacher_non_embedding_params": self.teacher_params,
                 "enumerated": self.enumerated, "evaluated": len(self.candidates), "distilled": len(distilled),
-                "chosen": self.chosen.to_dict(self.budget), "zero_shot_winner": self.zero_shot_winner.to_dict(self.budget),
+                "chosen": self.chosen.to_dict(self.budget),
+                "zero_shot_winner": self.zero_shot_winner.to_dict(self.budget),
                 "winner_changed": bool(distilled) and self.chosen is not self.zero_shot_winner,
                 "kendall_tau": self.kendall_tau, "seconds": self.seconds}
 
