@@ -29,6 +29,7 @@ _LAZY = {
     "LoraSettings": "alignment",
     "DistillationTrainer": "distill",
     "DistillationConfig": "distill",
+    "DistillationTrainingArguments": "distill",
     "estimate_importance": "importance",
     "ImportanceScores": "importance",
     "prune_model": "pruning",

@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from trl import SFTConfig
 
+from ..errors import ConfigError
+
 from .intermediate import INTERMEDIATE_LOSSES
 from .losses import KD_LOSSES, TOPK_KD_LOSS
 
@@ -107,9 +109,9 @@ class DistillationConfig(SFTConfig):
     selects the best student); the distillation objective is ``eval_distill_loss``, its parts ``eval_kd_loss``,
     ``eval_ce_loss`` (equal to ``eval_loss``) and ``eval_intermediate_loss``. The training ``loss`` is the objective.
 
-    A script whose own dataclass has a ``trust_remote_code`` field (``run_clm.py``'s ``ModelArguments``) builds its
-    parser with ``HfArgumentParser((ModelArguments, DataTrainingArguments, DistillationConfig),
-    conflict_handler="resolve")``: one ``--trust_remote_code`` flag then sets both fields.
+    A script whose own dataclass has a ``trust_remote_code`` field (``run_clm.py``'s ``ModelArguments``) cannot put
+    this class in the same ``HfArgumentParser`` (both define ``--trust_remote_code``): use
+    :class:`DistillationTrainingArguments` there.
     """
 
     _VALID_DICT_FIELDS = SFTConfig._VALID_DICT_FIELDS + ["teacher_model_init_kwargs"]
@@ -221,32 +223,32 @@ class DistillationConfig(SFTConfig):
     def _check_choices(self) -> None:
         kd_losses = (*KD_LOSSES, TOPK_KD_LOSS)
         if self.kd_loss not in kd_losses:
-            raise ValueError(f"kd_loss={self.kd_loss!r}; choose one of {', '.join(kd_losses)}")
+            raise ConfigError(f"kd_loss={self.kd_loss!r}; choose one of {', '.join(kd_losses)}")
         if (self.kd_loss == TOPK_KD_LOSS) != (self.teacher_cache is not None):
-            raise ValueError("kd_loss='topk_kl' and teacher_cache go together: build a cache with `hf-minitron "
+            raise ConfigError("kd_loss='topk_kl' and teacher_cache go together: build a cache with `hf-minitron "
                              "cache-teacher` and set teacher_cache (--cache) with kd_loss='topk_kl'")
         if self.topk_tail not in (None, *TOPK_TAILS):
-            raise ValueError(f"topk_tail={self.topk_tail!r}; choose {', '.join(TOPK_TAILS)} or leave it unset")
+            raise ConfigError(f"topk_tail={self.topk_tail!r}; choose {', '.join(TOPK_TAILS)} or leave it unset")
         if self.intermediate_loss not in INTERMEDIATE_LOSSES:
-            raise ValueError(f"intermediate_loss={self.intermediate_loss!r}; choose one of "
+            raise ConfigError(f"intermediate_loss={self.intermediate_loss!r}; choose one of "
                              f"{', '.join(INTERMEDIATE_LOSSES)}")
         if self.teacher_dtype not in (None, *TEACHER_DTYPES):
-            raise ValueError(f"teacher_dtype={self.teacher_dtype!r}; use {', '.join(TEACHER_DTYPES)} or leave it unset")
+            raise ConfigError(f"teacher_dtype={self.teacher_dtype!r}; use {', '.join(TEACHER_DTYPES)} or leave it unset")
 
     def _check_numbers(self) -> None:
         if not self.temperature > 0:
-            raise ValueError(f"temperature={self.temperature}; must be > 0 (1.0 is the Minitron setting)")
+            raise ConfigError(f"temperature={self.temperature}; must be > 0 (1.0 is the Minitron setting)")
         if self.kd_loss == "jsd" and not 0.0 < self.jsd_beta < 1.0:
-            raise ValueError(f"jsd_beta={self.jsd_beta}; must be in (0, 1). For beta=0 use kd_loss='forward_kl', "
+            raise ConfigError(f"jsd_beta={self.jsd_beta}; must be in (0, 1). For beta=0 use kd_loss='forward_kl', "
                              "for beta=1 kd_loss='reverse_kl'")
         if self.ce_weight < 0:
-            raise ValueError(f"ce_weight={self.ce_weight}; must be >= 0")
+            raise ConfigError(f"ce_weight={self.ce_weight}; must be >= 0")
         if self.kd_chunk_size is not None and self.kd_chunk_size < 1:
-            raise ValueError(f"kd_chunk_size={self.kd_chunk_size}; must be >= 1 (or unset for the default)")
+            raise ConfigError(f"kd_chunk_size={self.kd_chunk_size}; must be >= 1 (or unset for the default)")
         if self.intermediate_weight < 0:
-            raise ValueError(f"intermediate_weight={self.intermediate_weight}; must be >= 0")
+            raise ConfigError(f"intermediate_weight={self.intermediate_weight}; must be >= 0")
         if self.max_length is not None and self.max_length < 2:
-            raise ValueError(f"max_length={self.max_length}; must be >= 2 (a token and the one it predicts) or unset")
+            raise ConfigError(f"max_length={self.max_length}; must be >= 2 (a token and the one it predicts) or unset")
 
     def _check_init_kwargs(self) -> None:
         for name in ("model_init_kwargs", "teacher_model_init_kwargs"):
@@ -254,14 +256,27 @@ class DistillationConfig(SFTConfig):
             if value is None:
                 continue
             if not isinstance(value, dict):
-                raise ValueError(f"{name}={value!r}; give a dict or a JSON object string such as "
+                raise ConfigError(f"{name}={value!r}; give a dict or a JSON object string such as "
                                  "'{\"dtype\": \"bfloat16\"}'")
             unknown = sorted(set(value) - set(MODEL_INIT_KEYS))
             if unknown:
-                raise ValueError(f"{name} has {unknown}; hf-minitron loads a path with {', '.join(MODEL_INIT_KEYS)}. "
+                raise ConfigError(f"{name} has {unknown}; hf-minitron loads a path with {', '.join(MODEL_INIT_KEYS)}. "
                                  "For other from_pretrained options load the model yourself and pass the model")
         kwargs = self.teacher_model_init_kwargs or {}
         given = kwargs.get("dtype", kwargs.get("torch_dtype"))
         if self.teacher_dtype is not None and given is not None and str(given) != self.teacher_dtype:
-            raise ValueError(f"teacher_dtype={self.teacher_dtype!r} and teacher_model_init_kwargs dtype={given!r} "
+            raise ConfigError(f"teacher_dtype={self.teacher_dtype!r} and teacher_model_init_kwargs dtype={given!r} "
                              "disagree; set one of them")
+
+
+@dataclass
+class DistillationTrainingArguments(DistillationConfig):
+    r"""
+    :class:`DistillationConfig` without the ``--trust_remote_code`` flag, for scripts whose own dataclass defines
+    ``trust_remote_code`` (``run_clm.py``'s ``ModelArguments``): ``HfArgumentParser((ModelArguments,
+    DataTrainingArguments, DistillationTrainingArguments))`` parses without an option clash. The field stays on the
+    config (``False``); for a teacher given as a path that needs remote code, set ``training_args.trust_remote_code =
+    model_args.trust_remote_code`` after parsing.
+    """
+
+    trust_remote_code: bool = field(default=False, init=False, metadata={"help": "Not a flag here: set it in code."})
