@@ -9,7 +9,7 @@ import torch
 from safetensors import safe_open
 
 from hf_minitron import load_causal_lm, save_model
-from hf_minitron.cli import distill as distill_cli
+from hf_minitron.cli import main
 from hf_minitron.distill.data import load_sft_dataset
 from hf_minitron.testing import tiny_model, tiny_tokenizer
 
@@ -36,11 +36,12 @@ def test_cli_distills_and_saves_only_the_student(model_dirs, tmp_path, capsys):
         "intermediate_layer_map: '1:2,2:4'\ndisable_tqdm: true\n"
     )
     out = tmp_path / "student_out"
-    # the YAML gives the recipe, a flag overrides one of its values (TRL parser conventions)
-    assert distill_cli.main(["--config", str(recipe), "--out", str(out), "--max_steps", "2", "--packing", "true",
-                             "--packing_strategy", "wrapped"]) == 0
-    printed = capsys.readouterr().out
-    assert f"distilled student saved to {out} (2 steps" in printed  # the flag overrode the YAML's max_steps
+    # the YAML gives the settings, a flag overrides one of its values (TRL parser conventions)
+    assert main(["distill", "--config", str(recipe), "--output_dir", str(out), "--max_steps", "2", "--packing",
+                 "true", "--packing_strategy", "wrapped", "--use_cpu"]) == 0
+    out_text = capsys.readouterr().out
+    printed = json.loads(out_text[out_text.rindex('{\n  "stage"'):])  # after the Trainer's own log lines
+    assert printed["output_dir"] == str(out) and printed["metrics"]["global_step"] == 2  # the flag won
     distilled, _ = load_causal_lm(out)
     original, _ = load_causal_lm(student_dir)
     with safe_open(str(out / "model.safetensors"), "pt") as fh:
@@ -51,19 +52,29 @@ def test_cli_distills_and_saves_only_the_student(model_dirs, tmp_path, capsys):
     assert changed, "training must have updated the student"
 
 
-def test_cli_refuses_bad_input_before_loading(model_dirs, tmp_path):
+def test_cli_refuses_bad_input_before_loading(model_dirs, tmp_path, capsys, monkeypatch):
     _, student_dir, teacher_dir, data = model_dirs
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the refusal")
+
+    monkeypatch.setattr("hf_minitron.loading.load_causal_lm", refuse)
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "file").write_text("x")
-    with pytest.raises(SystemExit, match="not empty"):
-        distill_cli.main(["--student", str(student_dir), "--teacher", str(teacher_dir), "--data", str(data),
-                          "--out", str(busy)])
-    with pytest.raises(SystemExit, match="missing required --data"):
-        distill_cli.main(["--student", str(student_dir), "--out", str(tmp_path / "o")])
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        distill_cli.main(["--student", str(student_dir), "--teacher", str(teacher_dir), "--data",
-                          str(tmp_path / "missing.txt"), "--out", str(tmp_path / "o")])
+    base = ["distill", "--student", str(student_dir), "--teacher", str(teacher_dir), "--use_cpu"]
+    cases = [
+        ([*base, "--data", str(data), "--output_dir", str(busy)], "not empty"),
+        (["distill", "--student", str(student_dir), "--output_dir", str(tmp_path / "o"), "--use_cpu"], "data is not set"),
+        ([*base, "--data", str(tmp_path / "missing.txt"), "--output_dir", str(tmp_path / "o")], "does not exist"),
+        ([*base, "--data", str(data), "--output_dir", str(tmp_path / "o"), "--max_length", "4096"],
+         "max_position_embeddings"),
+    ]
+    for argv, words in cases:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert words in err and "Traceback" not in err, err
+    assert not (tmp_path / "o").exists()
 
 
 def test_load_sft_dataset_forms(tmp_path):

@@ -148,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
             choices = [*available(), *EXTRA_COMMANDS]
             return fail(name, f"unknown command{suggest(name, choices)}; commands: {', '.join(choices)}")
         return run_stage_command(name, rest)
+    except SystemExit as exc:  # argparse has printed its usage error (or --help)
+        return exc.code if isinstance(exc.code, int) else 2
     except expected_errors() as err:
         if debug:
             raise

@@ -8,7 +8,7 @@ from typing import Literal
 from ..errors import ConfigError
 from .base import StageResult, register_stage
 
-DepthCriterion = Literal["block_influence", "lm_loss", "block"]
+DEPTH_CRITERIA = ("block_influence", "lm_loss", "block")
 SeqAggregation = Literal["mean", "l2", "var"]
 
 
@@ -77,7 +77,7 @@ class ImportanceConfig:
     num_samples: int = field(default=1024, metadata={"help": "Calibration blocks (paper: 1024 x 4096 tokens)."})
     seq_len: int = field(default=4096, metadata={"help": "Tokens per calibration block."})
     batch_size: int = field(default=8, metadata={"help": "Blocks per forward pass."})
-    depth_criteria: list[DepthCriterion] = field(default_factory=lambda: ["block_influence"], metadata={
+    depth_criteria: list[str] = field(default_factory=lambda: ["block_influence"], metadata={
         "help": "Layer criteria: block_influence (free with the scoring pass), lm_loss (one extra forward per layer "
                 "over loss_num_samples blocks), block (one extra forward per start and size in block_sizes)."})
     block_sizes: list[int] = field(default_factory=list, metadata={
@@ -103,6 +103,9 @@ class ImportanceConfig:
                 raise ConfigError(f"{name}={getattr(self, name)}: must be >= 1")
         if self.seq_len < 2:
             raise ConfigError(f"seq_len={self.seq_len}: need at least 2 tokens per block")
+        for c in self.depth_criteria:
+            if c not in DEPTH_CRITERIA:
+                raise ConfigError(f"depth_criteria contains {c!r}; choose from {', '.join(DEPTH_CRITERIA)}")
         if "block" in self.depth_criteria and not self.block_sizes:
             raise ConfigError("depth_criteria has 'block' but block_sizes is empty: add e.g. --block_sizes 8")
         for n in self.block_sizes:

@@ -119,12 +119,12 @@ def run_prune(config: PruneConfig) -> PruneResult:
 
     check_output_dir(config.output_dir, overwrite=config.overwrite, name="output_dir", fix="set overwrite")
     check_model_source(config.model, trust_remote_code=config.trust_remote_code)
+    check_targets_fit(config.model, config.targets())
     if config.scores is None and (set(config.targets()) - {"drop_layers", "depth_criterion"}):
         raise ConfigError("scores is not set: width targets and num_hidden_layers need the importance stage's "
                           "output (--scores DIR); only drop_layers works without scores")
     if config.scores is not None:
         check_scores_dir(config.scores)
-    check_targets_fit(config.model, config.targets())
     model, tokenizer = load_causal_lm(config.model, dtype=config.dtype, trust_remote_code=config.trust_remote_code)
     scores = ImportanceScores.load(config.scores, model=model) if config.scores else None
     plan = plan_pruning(model, config.targets(), scores)
