@@ -277,3 +277,47 @@ def test_eval_loss_is_the_students_cross_entropy_and_the_objective_has_its_own_n
     assert metrics["eval_kd_loss"] == pytest.approx(step["kd_loss"], rel=1e-5)
     assert metrics["eval_ce_loss"] == pytest.approx(step["ce_loss"], rel=1e-5)
     assert metrics["eval_distill_loss"] != pytest.approx(metrics["eval_loss"], rel=1e-2)
+
+
+def test_defaults_are_training_arguments_defaults_on_this_machine():
+    """Swapping TrainingArguments for DistillationConfig changes no default here (no bf16 GPU; on one, bf16 turns
+    on): the README's table lists every field where SFTConfig differs and what DistillationConfig does instead."""
+    import warnings
+
+    from transformers import TrainingArguments
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # no deprecated gradient_checkpointing default either
+        ours = DistillationConfig(output_dir="x", use_cpu=True).to_dict()
+    theirs = TrainingArguments(output_dir="x", use_cpu=True).to_dict()
+    assert {k: (v, ours[k]) for k, v in theirs.items() if ours[k] != v} == {}
+    assert ours["max_length"] is None  # resolved per dataset (test below)
+
+
+def test_tokenized_rows_keep_their_length_and_attention_mask(tmp_path):
+    long = [3 + i % 200 for i in range(1100)]
+    blocks = _trainer(tmp_path / "blocks", dataset=Dataset.from_dict({"input_ids": [long, long[:900]]}),
+                      max_length=None)
+    assert [len(r) for r in blocks.train_dataset["input_ids"]] == [1100, 900]  # already grouped: never cut
+    text = _trainer(tmp_path / "text", dataset=Dataset.from_dict({"text": ["ab" * 700]}), max_length=None)
+    assert len(text.train_dataset[0]["input_ids"]) == 1024  # text: SFTConfig's 1024
+
+    # right- and left-padded rows with their own attention_mask (no labels: built from input_ids)
+    rows = [[5 + (7 * i + j) % 90 for j in range(12)] for i in range(4)]
+    masks = [[1] * 12, [1] * 7 + [0] * 5, [0] * 3 + [1] * 9, [1] * 10 + [0] * 2]
+    trainer = _trainer(tmp_path / "masked", dataset=Dataset.from_dict({"input_ids": rows, "attention_mask": masks}),
+                       max_length=None)
+    batch = _first_batch(trainer)
+    order = [rows.index(r) for r in batch["input_ids"].tolist()]
+    expected_mask = torch.tensor([masks[i] for i in order])
+    assert torch.equal(batch["attention_mask"].cpu(), expected_mask)
+    assert bool((batch["labels"][expected_mask == 0] == -100).all())
+    with torch.no_grad():
+        loss = trainer.compute_loss(trainer.model, dict(batch)).item()
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        s_logits = trainer.model(**inputs).logits[:, :-1]
+        t_logits = trainer.teacher_model(**inputs).logits[:, :-1]
+    targets = batch["labels"][:, 1:]
+    mask = targets != -100
+    assert loss == pytest.approx((reference_loss(s_logits, t_logits, mask, "forward_kl", 1.0) / mask.sum()).item(),
+                                 rel=1e-5)

@@ -199,6 +199,7 @@ class DistillationTrainer(SFTTrainer):
             raise ValueError("teacher_model is required: pass a model or a path / Hub id / .gguf file (or a "
                              "teacher_cache built by `hf-minitron cache-teacher`).")
         args = _as_config(args, model)
+        from_path = isinstance(model, (str, os.PathLike))
         model, processing_class = self._load_student(model, processing_class, args, kwargs)
         if isinstance(teacher_model, (str, os.PathLike)):
             init = dict(args.teacher_model_init_kwargs or {})
@@ -217,8 +218,15 @@ class DistillationTrainer(SFTTrainer):
                 raise ValueError("An intermediate-state loss with a learned projection needs the trainer to build the "
                                  "optimizer (the projection is trained with the student): do not pass optimizers=.")
 
-        super().__init__(model, args=args, data_collator=data_collator, train_dataset=train_dataset,
-                         eval_dataset=eval_dataset, processing_class=processing_class, **kwargs)
+        # model_init_kwargs were used to load a path student here; SFTTrainer would warn they are ignored
+        init_kwargs = args.model_init_kwargs
+        if from_path:
+            args.model_init_kwargs = None
+        try:
+            super().__init__(model, args=args, data_collator=data_collator, train_dataset=train_dataset,
+                             eval_dataset=eval_dataset, processing_class=processing_class, **kwargs)
+        finally:
+            args.model_init_kwargs = init_kwargs
 
         # Trainer only counts num_items_in_batch for models it believes take loss kwargs; our loss always needs it,
         # over the shifted labels (position i predicts label i + 1)
