@@ -1,5 +1,6 @@
 """Teacher correction: LoRA (merged back) and full SFT lower the loss on the correction data; the merged checkpoint
-reloads with identical logits; bad input fails before training; the correct-teacher CLI writes a checkpoint."""
+reloads with identical logits; bad input fails before training; the correct-teacher stage (CLI and --config recipes)
+writes a checkpoint and reports the held-out loss before/after."""
 
 import copy
 import json
@@ -9,8 +10,10 @@ import pytest
 import torch
 
 from conftest import REPO_ROOT, random_ids
-from hf_minitron.alignment import AlignmentDataError, LoraSettings, TrainSettings, correct_teacher
-from hf_minitron.alignment.correction import build_correction_trainer
+from hf_minitron.alignment import AlignmentDataError
+from hf_minitron.correction import build_correction_trainer, correct_teacher
+from hf_minitron.errors import ConfigError
+from hf_minitron.stages.correction import CorrectTeacherConfig
 from hf_minitron.data import token_blocks
 from hf_minitron.evaluation import mean_nll
 from hf_minitron.loading import save_model
@@ -32,8 +35,9 @@ def test_lora_correction_lowers_loss_and_merged_checkpoint_reloads_identically(t
     blocks = token_blocks(texts, tokenizer, 64)
     model = tiny_model("llama")
     before = mean_nll(model, blocks, 8)
-    corrected = correct_teacher(model, texts, tokenizer=tokenizer, method="lora", lora=LoraSettings(r=8, alpha=16),
-                                settings=TrainSettings(max_steps=12, learning_rate=1e-2, max_length=128))
+    config = CorrectTeacherConfig(use_lora=True, lora_r=8, lora_alpha=16, max_steps=12, learning_rate=1e-2,
+                                  max_length=128)
+    corrected = correct_teacher(model, texts, config, tokenizer=tokenizer)
     after = mean_nll(corrected, blocks, 8)
     assert after < before - 0.5, (before, after)
     # merged: a plain model with no adapter modules left
@@ -55,8 +59,8 @@ def test_full_correction_lowers_loss_on_chat_data(tokenizer):
     blocks = token_blocks(texts, tokenizer, 48, add_eos=False)
     model = tiny_model("qwen2")
     before = mean_nll(model, blocks, 8)
-    corrected = correct_teacher(model, data, tokenizer=tokenizer, method="full",
-                                settings=TrainSettings(max_steps=10, learning_rate=3e-3, max_length=64))
+    corrected = correct_teacher(model, data, tokenizer=tokenizer, use_lora=False, max_steps=10, learning_rate=3e-3,
+                                max_length=64)
     assert mean_nll(corrected, blocks, 8) < before - 0.5
 
 
@@ -72,24 +76,24 @@ def test_assistant_only_loss_trains_only_assistant_turns(tokenizer):
     tok = copy.deepcopy(tokenizer)  # keep the shared fixture untouched
     tok.chat_template = GENERATION_TEMPLATE
     data = [{"messages": [{"role": "user", "content": "hi there"}, {"role": "assistant", "content": "hello you"}]}]
-    trainer = build_correction_trainer(tiny_model("llama"), tok, data * 2, method="full",
-                                       settings=TrainSettings(max_steps=1), assistant_only_loss=True)
+    trainer = build_correction_trainer(tiny_model("llama"), tok, data * 2, use_lora=False, max_steps=1,
+                                       assistant_only_loss=True)
     row = trainer.train_dataset[0]
     trained = [t for t in row["labels"] if t != -100]
     assert tok.decode(trained) == "hello you<|im_end|>"
-    with pytest.raises(ValueError, match="chat data"):
-        build_correction_trainer(tiny_model("llama"), tok, ["plain text"], method="full", assistant_only_loss=True)
+    with pytest.raises(ConfigError, match="assistant_only_loss=True needs chat data"):
+        build_correction_trainer(tiny_model("llama"), tok, ["plain text"], use_lora=False, assistant_only_loss=True)
 
 
 def test_bad_input_fails_before_training(tokenizer, tmp_path):
     model = tiny_model("llama")
-    with pytest.raises(ValueError, match="method='adapter'"):
+    with pytest.raises(ValueError, match="method='adapter'"), pytest.deprecated_call():  # pre-stage keyword
         correct_teacher(model, ["a b c"], tokenizer=tokenizer, method="adapter")
     with pytest.raises(AlignmentDataError, match=r"row 1: field 'messages\[1\].content' is empty"):
         bad = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": " "}]}
         correct_teacher(model, [{"messages": [{"role": "user", "content": "q"}]}, bad], tokenizer=tokenizer)
     with pytest.raises(AlignmentDataError, match="row 0: missing field.*'body'"):
-        correct_teacher(model, [{"text": "x"}], tokenizer=tokenizer, text_field="body")
+        correct_teacher(model, [{"text": "x"}], tokenizer=tokenizer, dataset_text_field="body")
     with pytest.raises(ValueError, match="tokenizer is required"):
         correct_teacher(model, ["a b c"])
     (tmp_path / "busy").mkdir()
@@ -106,26 +110,38 @@ def test_cli_correct_teacher_writes_checkpoint(tokenizer, tmp_path, capsys):
     data = tmp_path / "corpus.txt"
     data.write_text("\n".join(corpus(12)))
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text("method: full\nmax-steps: 3\nlr: 0.003\nmax_length: 64\nheld-out: 0.25\n")
+    recipe.write_text("use_lora: false\nmax_steps: 3\nlearning_rate: 0.003\nmax_length: 64\nheld_out_fraction: 0.25\n")
     out = tmp_path / "corrected"
-    assert main(["correct-teacher", str(src), "--data", str(data), "--out", str(out), "--config", str(recipe)]) == 0
-    out_text = capsys.readouterr().out  # TRL's training log precedes the JSON report
-    report = json.loads(out_text[out_text.rindex('{\n  "out"'):])
+    assert main(["correct-teacher", "--model", str(src), "--data", str(data), "--output_dir", str(out),
+                 "--config", str(recipe)]) == 0
+    out_text = capsys.readouterr().out  # TRL's training log precedes the JSON result
+    result = json.loads(out_text[out_text.rindex('{\n  "stage"'):])
+    report = result["metrics"]
+    assert result["output_dir"] == str(out) and report["use_lora"] is False and report["global_step"] == 3
     assert report["records_train"] == 9 and report["records_held_out"] == 3
     assert report["held_out_nll_after"] < report["held_out_nll_before"]
     model, _ = load_causal_lm(out)
     assert model.config.num_hidden_layers == 4
+    assert not (tmp_path / "corrected.checkpoints").exists()  # save_strategy="no": the empty Trainer dir is removed
     recipe.write_text("methd: full\n")
-    with pytest.raises(SystemExit):
-        main(["correct-teacher", str(src), "--data", str(data), "--out", str(tmp_path / "o2"), "--config", str(recipe)])
+    assert main(["correct-teacher", "--model", str(src), "--data", str(data), "--output_dir", str(tmp_path / "o2"),
+                 "--config", str(recipe)]) == 2
+    assert "unknown field 'methd'" in capsys.readouterr().err
+    assert not (tmp_path / "o2").exists()
 
 
 @pytest.mark.parametrize("recipe", sorted((REPO_ROOT / "recipes").glob("align_*.yaml")), ids=lambda p: p.name)
-def test_recipes_use_known_options(recipe, tmp_path):
-    from hf_minitron.cli import align, correct_teacher
-    from hf_minitron.cli.align import parse_with_recipe
+def test_recipes_use_known_fields(recipe, tmp_path):
+    """Each align_*.yaml is a --config file of one stage: its keys are that stage's fields, its values valid."""
+    import yaml
 
-    method = recipe.stem.removeprefix("align_")
-    parser = correct_teacher.build_parser() if method == "correct_teacher" else align.build_parser(method)
-    args = parse_with_recipe(parser, ["--data", "d.json", "--out", str(tmp_path / "o"), "--config", str(recipe)])
-    assert args.config == str(recipe) and args.lr is not None
+    from hf_minitron.cli.yaml_config import read_stage_yaml
+    from hf_minitron.stages import canonical_name, get_stage
+
+    name = canonical_name(recipe.stem.removeprefix("align_"))
+    spec = get_stage(name)
+    values = read_stage_yaml(recipe, spec.config_cls, command=name)
+    config = spec.config_cls(**values, data="d.jsonl", output_dir=str(tmp_path / "o"))
+    raw = yaml.safe_load(recipe.read_text())
+    assert config.learning_rate == raw.get("learning_rate", spec.config_cls.default_learning_rate(config.use_lora))
+    assert all(getattr(config, k) == v for k, v in values.items() if k != "lr_scheduler_type")

@@ -1,6 +1,6 @@
 """DPO: the sharegpt/TRL preference loader, log-probs cross-checked against TRL's precomputed reference log-probs,
 DPO on a tiny model raising the implicit reward margin without collapsing the chosen likelihood (frozen-copy
-reference, and LoRA + precomputed reference), and the `align dpo` CLI."""
+reference, and LoRA + precomputed reference), and the `dpo` stage through the CLI."""
 
 import json
 import random
@@ -10,8 +10,6 @@ import torch
 
 from hf_minitron.alignment import (
     AlignmentDataError,
-    LoraSettings,
-    TrainSettings,
     build_dpo_trainer,
     completion_logprobs,
     load_preference_data,
@@ -19,6 +17,8 @@ from hf_minitron.alignment import (
     train_dpo,
 )
 from hf_minitron.alignment.training import frozen_copy
+from hf_minitron.errors import ConfigError
+from hf_minitron.stages.dpo import DPOStageConfig
 from hf_minitron.testing import tiny_model
 
 
@@ -79,8 +79,8 @@ def test_logprobs_match_trl_precomputed_reference(tokenizer, form):
         pairs = [{"prompt": f"Q: {p['conversations'][0]['value']}\nA:", "chosen": " " + p["chosen"]["value"],
                   "rejected": " " + p["rejected"]["value"]} for p in pairs]
     model = tiny_model("llama")
-    trainer = build_dpo_trainer(model, tokenizer, pairs, reference="precomputed",
-                                settings=TrainSettings(max_steps=1, per_device_train_batch_size=3))
+    trainer = build_dpo_trainer(model, tokenizer, pairs, reference="precomputed", max_steps=1,
+                                per_device_train_batch_size=3)
     ref_c = torch.tensor(trainer.train_dataset["ref_chosen_logps"], dtype=torch.float64)
     ref_r = torch.tensor(trainer.train_dataset["ref_rejected_logps"], dtype=torch.float64)
     data = load_preference_data(pairs)
@@ -96,8 +96,9 @@ def test_dpo_raises_reward_margin_without_collapsing_chosen(tokenizer):
     reference = frozen_copy(model)
     before = preference_stats(model, reference, tokenizer, pairs).summary()
     assert before["reward_margin"] == 0.0
-    aligned = train_dpo(model, tokenizer, pairs, beta=0.1, reference="model",
-                        settings=TrainSettings(max_steps=16, learning_rate=1e-3, per_device_train_batch_size=8))
+    config = DPOStageConfig(beta=0.1, reference="model", max_steps=16, learning_rate=1e-3,
+                            per_device_train_batch_size=8, seed=0)
+    aligned = train_dpo(model, tokenizer, pairs, config)
     after = preference_stats(aligned, reference, tokenizer, pairs).summary()
     assert after["reward_margin"] > 1.0 and after["reward_accuracy"] >= 0.9, after
     assert after["chosen_logp"] > before["chosen_logp"] - 2.0, (before, after)  # no collapse of the chosen answers
@@ -109,8 +110,8 @@ def test_lora_dpo_with_precomputed_reference(tokenizer):
     pairs = sharegpt_pairs(16, seed=1)
     model = tiny_model("qwen3")
     reference = frozen_copy(model)
-    aligned = train_dpo(model, tokenizer, pairs, beta=0.1, reference="precomputed", lora=LoraSettings(r=8, alpha=16),
-                        settings=TrainSettings(max_steps=8, learning_rate=5e-3, per_device_train_batch_size=8))
+    aligned = train_dpo(model, tokenizer, pairs, beta=0.1, reference="precomputed", use_lora=True, lora_r=8,
+                        lora_alpha=16, max_steps=8, learning_rate=5e-3, per_device_train_batch_size=8, seed=0)
     assert not isinstance(aligned, PeftModel) and not any("lora" in n for n, _ in aligned.named_parameters())
     stats = preference_stats(aligned, reference, tokenizer, pairs)
     assert stats.margins.mean() > 0.5 and (stats.margins > 0).double().mean() >= 0.9
@@ -118,13 +119,15 @@ def test_lora_dpo_with_precomputed_reference(tokenizer):
 
 
 def test_bad_dpo_arguments(tokenizer):
-    with pytest.raises(ValueError, match="reference='ref'"):
+    with pytest.raises(ConfigError, match="reference='ref'"):
         build_dpo_trainer(tiny_model("llama"), tokenizer, sharegpt_pairs(2), reference="ref")
-    with pytest.raises(ValueError, match="beta=0"):
+    with pytest.raises(ConfigError, match="beta=0"):
         build_dpo_trainer(tiny_model("llama"), tokenizer, sharegpt_pairs(2), beta=0)
+    with pytest.raises(TypeError, match="not both"):
+        build_dpo_trainer(tiny_model("llama"), tokenizer, sharegpt_pairs(2), DPOStageConfig(), beta=0.2)
 
 
-def test_cli_align_dpo_held_out_report(tokenizer, tmp_path, capsys):
+def test_cli_dpo_held_out_report(tokenizer, tmp_path, capsys):
     from hf_minitron.cli import main
     from hf_minitron.loading import load_causal_lm, save_model
 
@@ -132,15 +135,22 @@ def test_cli_align_dpo_held_out_report(tokenizer, tmp_path, capsys):
     data = tmp_path / "pairs.json"
     data.write_text(json.dumps(sharegpt_pairs(10)))
     out = tmp_path / "aligned"
-    assert main(["align", "dpo", str(src), "--data", str(data), "--out", str(out), "--held-out", "0.2",
-                 "--max-steps", "2", "--lr", "1e-3", "--batch-size", "4", "--reference", "precomputed"]) == 0
+    assert main(["dpo", "--model", str(src), "--data", str(data), "--output_dir", str(out),
+                 "--held_out_fraction", "0.2", "--max_steps", "2", "--learning_rate", "1e-3",
+                 "--per_device_train_batch_size", "4", "--reference", "precomputed"]) == 0
     text = capsys.readouterr().out
-    report = json.loads(text[text.rindex('{\n  "out"'):])
-    assert report["pairs_train"] == 8 and report["pairs_held_out"] == 2
-    assert report["held_out_before"]["reward_margin"] == 0.0
+    result = json.loads(text[text.rindex('{\n  "stage"'):])
+    report = result["metrics"]
+    assert result["stage"] == "dpo" and result["output_dir"] == str(out)
+    assert report["pairs_train"] == 8 and report["pairs_held_out"] == 2 and report["global_step"] == 2
+    assert report["held_out_before"]["reward_margin"] == 0.0 == report["held_out_reward_margin_before"]
     assert report["held_out_after"]["reward_margin"] != 0.0
+    assert report["held_out_after"]["reward_margin"] == report["held_out_reward_margin_after"]
     model, _ = load_causal_lm(out)
     assert model.config.num_hidden_layers == 4
     data.write_text(json.dumps([{"prompt": "p", "chosen": "a"}]))
-    assert main(["align", "dpo", str(src), "--data", str(data), "--out", str(tmp_path / "o2")]) == 2
-    assert "row 0: missing field(s) ['rejected']" in capsys.readouterr().err
+    # the old spelling `align dpo` is an alias of `dpo`
+    assert main(["align", "dpo", "--model", str(src), "--data", str(data), "--output_dir", str(tmp_path / "o2")]) == 2
+    err = capsys.readouterr().err
+    assert "row 0: missing field(s) ['rejected']" in err and "Traceback" not in err
+    assert not (tmp_path / "o2").exists()

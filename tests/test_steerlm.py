@@ -1,6 +1,6 @@
 """SteerLM: attribute string format and order, label mask = exactly the response tokens, template-derived assistant
 header, bad-input errors, annotation (verbosity quintiles, callable, reward model), a verbosity-steering behaviour
-test on a tiny model, and the `align steerlm` CLI."""
+test on a tiny model, and the `steerlm` stage through the CLI."""
 
 import copy
 import json
@@ -12,7 +12,6 @@ import torch
 from hf_minitron.alignment import (
     HELPSTEER_ATTRIBUTES,
     AlignmentDataError,
-    TrainSettings,
     annotate_attributes,
     format_attributes,
     generate_with_attributes,
@@ -21,6 +20,7 @@ from hf_minitron.alignment import (
     verbosity_labels,
 )
 from hf_minitron.alignment.steerlm import assistant_turn, build_steerlm_trainer, parse_attributes, resolve_attributes
+from hf_minitron.stages.steerlm import SteerLMConfig
 from hf_minitron.testing import tiny_model
 
 GEMMA_STYLE = (
@@ -52,7 +52,7 @@ def test_attribute_string_order_and_sets():
 
 def test_label_mask_covers_exactly_the_response_tokens(tokenizer):
     rows = [helpsteer_row(), helpsteer_row(prompt="Say hi twice.", response="Hi! Hi!", verbosity=3, helpfulness=2)]
-    trainer = build_steerlm_trainer(tiny_model("llama"), tokenizer, rows, settings=TrainSettings(max_steps=1))
+    trainer = build_steerlm_trainer(tiny_model("llama"), tokenizer, rows, max_steps=1)
     for row, prepared in zip(rows, trainer.train_dataset):
         ids, labels = prepared["input_ids"], prepared["labels"]
         # independent reference: the response and the template's end-of-turn token, tokenized on their own
@@ -93,7 +93,7 @@ def test_bad_rows_name_row_and_field(tokenizer, rows, match):
     model = tiny_model("llama")
     before = [p.clone() for p in model.parameters()]
     with pytest.raises(AlignmentDataError, match=match):
-        train_steerlm(model, tokenizer, rows, settings=TrainSettings(max_steps=1))
+        train_steerlm(model, tokenizer, rows, max_steps=1)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
@@ -156,9 +156,9 @@ def test_verbosity_attribute_steers_response_length(tokenizer):
     the trained model answers measurably longer with verbosity:4 than with verbosity:0."""
     rng = random.Random(0)
     names = ["helpfulness", "verbosity"]
-    model = train_steerlm(tiny_model("llama"), tokenizer, verbosity_rows(256, rng), attributes=names,
-                          settings=TrainSettings(max_steps=80, learning_rate=5e-3, per_device_train_batch_size=8,
-                                                 seed=0, max_length=96))
+    config = SteerLMConfig(attributes=",".join(names), max_steps=80, learning_rate=5e-3,
+                           per_device_train_batch_size=8, seed=0, max_length=96)
+    model = train_steerlm(tiny_model("llama"), tokenizer, verbosity_rows(256, rng), config)
     held_out = [f"Tell me about {''.join(rng.choice('klmnopqrst') for _ in range(4))}." for _ in range(4)]
     lengths = {}
     for v in (0, 4):
@@ -168,7 +168,7 @@ def test_verbosity_attribute_steers_response_length(tokenizer):
     assert all(long > short for long, short in zip(lengths[4], lengths[0])), lengths
 
 
-def test_cli_align_steerlm_with_verbosity_annotation_and_lora(tokenizer, tmp_path, capsys):
+def test_cli_steerlm_with_verbosity_annotation_and_lora(tokenizer, tmp_path, capsys):
     from hf_minitron.cli import main
     from hf_minitron.loading import load_causal_lm, save_model
 
@@ -177,17 +177,19 @@ def test_cli_align_steerlm_with_verbosity_annotation_and_lora(tokenizer, tmp_pat
     rows = [{"question": f"q{i}", "answer": "word " * (i + 1)} for i in range(10)]
     data.write_text("\n".join(json.dumps(r) for r in rows))
     out = tmp_path / "steered"
-    assert main(["align", "steerlm", str(src), "--data", str(data), "--out", str(out), "--attributes", "verbosity",
-                 "--prompt-field", "question", "--response-field", "answer", "--annotate-verbosity", "--lora",
-                 "--max-steps", "2", "--max-length", "64"]) == 0
+    assert main(["steerlm", "--model", str(src), "--data", str(data), "--output_dir", str(out), "--attributes",
+                 "verbosity", "--prompt_field", "question", "--response_field", "answer", "--annotate_verbosity",
+                 "--use_lora", "--max_steps", "2", "--max_length", "64", "--held_out_fraction", "0.2"]) == 0
     text = capsys.readouterr().out
-    report = json.loads(text[text.rindex('{\n  "out"'):])
-    assert report["examples"] == 10 and report["attributes"] == ["verbosity"]
+    report = json.loads(text[text.rindex('{\n  "stage"'):])["metrics"]
+    assert report["examples_train"] == 8 and report["examples_held_out"] == 2
+    assert report["attributes"] == ["verbosity"] and report["global_step"] == 2
+    assert report["held_out_nll_before"] > 0 and report["held_out_nll_after"] != report["held_out_nll_before"]
     model, _ = load_causal_lm(out)
     assert not any("lora" in n for n, _ in model.named_parameters())
     # missing attribute columns are caught before the model is trained
-    assert main(["align", "steerlm", str(src), "--data", str(data), "--out", str(tmp_path / "o2"),
-                 "--prompt-field", "question", "--response-field", "answer", "--max-steps", "1"]) == 2
+    assert main(["steerlm", "--model", str(src), "--data", str(data), "--output_dir", str(tmp_path / "o2"),
+                 "--prompt_field", "question", "--response_field", "answer", "--max_steps", "1"]) == 2
     assert "row 0: missing attribute field(s) ['helpfulness'" in capsys.readouterr().err
     assert not (tmp_path / "o2").exists()
 

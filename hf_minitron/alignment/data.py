@@ -1,7 +1,8 @@
 """Loaders for the alignment stages: preference pairs (TRL or sharegpt form), chat/plain SFT corpora.
 
-Every loader validates all rows up front and raises :class:`AlignmentDataError` naming the row and the field, so bad
-data fails before a model is touched.
+Files are read by :func:`hf_minitron.data.load_records` (the one reader of every stage). Every loader here validates
+all rows up front and raises :class:`AlignmentDataError` (a :class:`~hf_minitron.errors.DataError`) naming the row
+and the field, so bad data fails before a model is touched.
 
 Preference data (:func:`load_preference_data`) is accepted in two forms and always returned in TRL's form:
 
@@ -15,40 +16,25 @@ Preference data (:func:`load_preference_data`) is accepted in two forms and alwa
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable
 
-from ..data import read_json_records
+from ..errors import DataError
 
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system",
                   "observation": "tool", "function_call": "assistant", "tool": "tool"}
 
 
-class AlignmentDataError(ValueError):
+class AlignmentDataError(DataError):
     """A training record that cannot be used; the message names the row and the field."""
 
 
 def load_records(source, *, limit: int | None = None) -> list[dict]:
-    """Records (dicts) from a list, a ``datasets.Dataset``, or a ``.json`` (list, or ``{"data"|"train": [...]}``) /
-    ``.jsonl`` file."""
-    if hasattr(source, "column_names"):  # datasets.Dataset
-        records = [dict(r) for r in source]
-    elif isinstance(source, (list, tuple)):
-        records = list(source)
-    else:
-        path = Path(str(source)).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"data file {str(source)!r} does not exist; pass a .json/.jsonl file, a list of "
-                                    "records or a datasets.Dataset")
-        records = read_json_records(path)
-        if not isinstance(records, list):
-            raise AlignmentDataError(f"{path}: expected a JSON list of records (or {{'data': [...]}})")
-    for i, rec in enumerate(records):
-        if not isinstance(rec, dict):
-            raise AlignmentDataError(f"row {i}: expected a record (dict), got {type(rec).__name__}")
-    if not records:
-        raise AlignmentDataError(f"data source {source!r} holds no records")
-    return records[:limit] if limit else records
+    """Records (dicts) from any source :func:`hf_minitron.data.load_records` reads (the one reader of every stage):
+    a list, a ``datasets.Dataset``, a ``.jsonl``/``.json``/``.parquet``/``.csv`` file, a saved dataset or a
+    ``datasets`` name."""
+    from ..data import load_records as read_records
+
+    return read_records(source, limit=limit)
 
 
 def _text(value, row: int, field: str) -> str:
@@ -140,18 +126,14 @@ def load_preference_data(source, *, limit: int | None = None):
 
 def load_sft_data(source, *, text_field: str = "text", limit: int | None = None):
     """An SFT corpus as a ``datasets.Dataset`` with either a ``text`` column (plain text) or a ``messages`` column
-    (chat). Accepts what :func:`hf_minitron.data.load_texts` accepts, plus records with ``messages`` (role/content)
-    or sharegpt ``conversations``."""
+    (chat), every row checked. ``source``: anything :func:`load_records` reads, or a list of strings; records hold
+    ``text_field`` (plain text), ``messages`` (role/content) or sharegpt ``conversations``; ``.txt``/``.md`` lines are
+    plain-text documents."""
     import datasets
 
-    from ..data import load_texts
+    from ..data import load_records as read_records
 
-    is_text_file = isinstance(source, (str, Path)) and str(source).endswith(".txt")
-    if isinstance(source, (list, tuple)) and source and isinstance(source[0], str) or is_text_file:
-        return datasets.Dataset.from_dict({"text": load_texts(source, limit=limit)})
-    if isinstance(source, (str, Path)) and not Path(str(source)).expanduser().is_file():
-        return datasets.Dataset.from_dict({"text": load_texts(source, text_field=text_field, limit=limit)})
-    records = load_records(source, limit=limit)
+    records = read_records(source, text_field=text_field, limit=limit)
     first = records[0]
     if "messages" in first:
         rows = [{"messages": check_messages(r.get("messages"), i, "messages")} for i, r in enumerate(records)]
@@ -160,11 +142,6 @@ def load_sft_data(source, *, text_field: str = "text", limit: int | None = None)
     else:
         rows = []
         for i, r in enumerate(records):
-            _require(r, (text_field,), i, "plain-text SFT (set text_field, or give 'messages')")
+            _require(r, (text_field,), i, "plain-text SFT (set dataset_text_field, or give 'messages')")
             rows.append({"text": _text(r[text_field], i, text_field)})
     return datasets.Dataset.from_list(rows)
-
-
-def records_to_list(dataset) -> list[dict[str, Any]]:
-    """``datasets.Dataset`` or list -> list of dicts (for small validation passes)."""
-    return [dict(r) for r in dataset] if hasattr(dataset, "column_names") else list(dataset)

@@ -16,41 +16,53 @@ from dataclasses import dataclass
 
 import torch
 
-from .data import load_preference_data
-from .training import LoraSettings, TrainSettings, frozen_copy, merge_lora, unpatch_forward
+from ..errors import ConfigError
+from .data import AlignmentDataError, load_preference_data
+from .training import frozen_copy, resolve_config, train_and_merge
 
-REFERENCES = ("model", "precomputed")
 
+def build_dpo_trainer(model, tokenizer, data, config=None, *, settings=None, lora=None, **fields):
+    """The configured ``trl.DPOTrainer`` (not yet trained) behind :func:`train_dpo`.
 
-def build_dpo_trainer(model, tokenizer, data, *, beta: float = 0.1, reference: str = "model",
-                      settings: TrainSettings | None = None, lora: LoraSettings | None = None,
-                      limit: int | None = None):
-    """The configured ``trl.DPOTrainer`` (not yet trained) behind :func:`train_dpo`."""
-    from trl import DPOConfig, DPOTrainer
+    ``config``: a :class:`~hf_minitron.stages.dpo.DPOStageConfig` or its fields as keywords (``beta``,
+    ``reference``, ``use_lora``, ``max_steps``, ...).
+    """
+    from trl import DPOTrainer
 
-    if reference not in REFERENCES:
-        raise ValueError(f"reference={reference!r}; choose 'model' (frozen copy of the student before DPO) or "
-                         "'precomputed' (reference log-probs computed once before training)")
-    if beta <= 0:
-        raise ValueError(f"beta={beta}; the DPO temperature must be > 0")
-    train = load_preference_data(data, limit=limit)
-    settings = settings or TrainSettings(learning_rate=5e-6)
-    args = settings.to_trl(DPOConfig, beta=beta, precompute_ref_log_probs=reference == "precomputed")
-    ref_model = frozen_copy(model) if reference == "model" and lora is None else None
+    from ..stages.dpo import DPOStageConfig
+
+    config = resolve_config(DPOStageConfig, config, settings=settings, lora=lora, **fields)
+    train = load_preference_data(data, limit=config.limit)
+    args = config.trainer_args(precompute_ref_log_probs=config.reference == "precomputed")
+    # with LoRA the reference is the model with the adapter switched off: no copy
+    ref_model = frozen_copy(model) if config.reference == "model" and not config.use_lora else None
     model.train()
     return DPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=train, processing_class=tokenizer,
-                      peft_config=lora.to_peft() if lora is not None else None)
+                      peft_config=config.peft_config())
 
 
-def train_dpo(model, tokenizer, data, *, beta: float = 0.1, reference: str = "model",
-              settings: TrainSettings | None = None, lora: LoraSettings | None = None, limit: int | None = None):
-    """DPO-align ``model`` on preference ``data``; returns the trained ``*ForCausalLM`` (LoRA merged, eval mode)."""
-    trainer = build_dpo_trainer(model, tokenizer, data, beta=beta, reference=reference, settings=settings, lora=lora,
-                                limit=limit)
-    trainer.train()
-    aligned = merge_lora(trainer.model)
-    unpatch_forward(aligned)
-    return aligned.eval()
+def train_dpo(model, tokenizer, data, config=None, *, settings=None, lora=None, **fields):
+    """DPO-align ``model`` on preference ``data``; returns the trained ``*ForCausalLM`` (LoRA merged, eval mode).
+    ``config``: a :class:`~hf_minitron.stages.dpo.DPOStageConfig` or its fields as keywords."""
+    trainer = build_dpo_trainer(model, tokenizer, data, config, settings=settings, lora=lora, **fields)
+    return train_and_merge(trainer)[0]
+
+
+def check_room_for_responses(pairs, tokenizer, max_length: int | None) -> None:
+    """Refuse a pair whose prompt alone fills ``max_length`` tokens (truncation would leave no chosen or rejected
+    token, so the pair would teach nothing), and conversational pairs for a tokenizer without a chat template."""
+    conversational = isinstance(pairs[0]["prompt"], list)
+    if conversational and not getattr(tokenizer, "chat_template", None):
+        raise ConfigError("the preference data is conversational (message lists) but the model's tokenizer has no "
+                          "chat template; use a chat model or plain-string prompt/chosen/rejected data")
+    if max_length is None:
+        return
+    for i, pair in enumerate(pairs):
+        prompt_ids, _ = _encode(tokenizer, pair["prompt"], pair["chosen"])
+        if len(prompt_ids) >= max_length:
+            raise AlignmentDataError(f"row {i}: the prompt takes {len(prompt_ids)} tokens, so max_length={max_length} "
+                                     "would cut every chosen and rejected token; raise max_length above "
+                                     f"{len(prompt_ids)}, or shorten or drop the row")
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -19,8 +19,9 @@ import math
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
+from ..errors import ConfigError
 from .data import AlignmentDataError, check_messages, load_records
-from .training import LoraSettings, TrainSettings, merge_lora, unpatch_forward
+from .training import resolve_config, train_and_merge
 
 HELPSTEER_ATTRIBUTES = ("helpfulness", "correctness", "coherence", "complexity", "verbosity")
 OASST_ATTRIBUTES = ("quality", "toxicity", "humor", "creativity")
@@ -37,9 +38,9 @@ def resolve_attributes(attributes: str | Sequence[str]) -> tuple[str, ...]:
         attributes = [a.strip() for a in attributes.split(",") if a.strip()]
     names = tuple(attributes)
     if not names:
-        raise ValueError("no attribute names given; use 'helpsteer', 'oasst' or a list of names")
+        raise ConfigError("attributes: no attribute names given; use 'helpsteer', 'oasst' or a comma-separated list")
     if len(set(names)) != len(names) or any(not n or ":" in n or "," in n for n in names):
-        raise ValueError(f"attribute names {names} must be unique, non-empty and contain no ':' or ','")
+        raise ConfigError(f"attributes={list(names)}: names must be unique, non-empty and contain no ':' or ','")
     return names
 
 
@@ -71,7 +72,7 @@ def parse_attributes(text: str) -> dict[str, int]:
     for part in filter(None, (p.strip() for p in text.split(","))):
         name, sep, value = part.partition(":")
         if not sep or not value.strip().lstrip("-").isdigit():
-            raise ValueError(f"attribute {part!r} must look like name:value, e.g. verbosity:4")
+            raise ConfigError(f"attribute {part!r} must look like name:value, e.g. verbosity:4")
         out[name.strip()] = check_value(int(value), None, name.strip())
     return out
 
@@ -102,19 +103,19 @@ def prompt_messages(prompt, row=None, field: str = "prompt") -> list[dict]:
 def assistant_turn(tokenizer, messages: list[dict]) -> AssistantTurn:
     """Render ``messages`` + a sentinel assistant reply with the tokenizer's chat template and split around it.
 
-    Raises ``ValueError`` when the tokenizer has no chat template or its template has no assistant turn (the
+    Raises :class:`~hf_minitron.errors.ConfigError` when the tokenizer has no chat template or its template has no assistant turn (the
     sentinel is not rendered, or is rendered with no assistant header before it).
     """
     name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
     if not getattr(tokenizer, "chat_template", None):
-        raise ValueError(f"tokenizer {name!r} has no chat template; SteerLM formats the attribute string inside the "
+        raise ConfigError(f"tokenizer {name!r} has no chat template; SteerLM formats the attribute string inside the "
                          "assistant turn of the model's own template (set tokenizer.chat_template)")
     full = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": _SENTINEL}], tokenize=False)
     before = tokenizer.apply_chat_template(messages, tokenize=False)
     at = full.find(_SENTINEL)
     header = full[len(before):at] if full.startswith(before) else full[:at]
     if at < 0 or not header.strip():
-        raise ValueError(f"the chat template of {name!r} has no assistant turn (an assistant message is not rendered "
+        raise ConfigError(f"the chat template of {name!r} has no assistant turn (an assistant message is not rendered "
                          "after an assistant header); use a template with user/assistant roles")
     suffix = full[at + len(_SENTINEL):].rstrip()
     if not suffix:
@@ -134,13 +135,14 @@ def _encode(tokenizer, text: str) -> list[int]:
 
 
 def steerlm_dataset(data, tokenizer, *, attributes: str | Sequence[str] = "helpsteer", prompt_field: str = "prompt",
-                    response_field: str = "response", limit: int | None = None):
+                    response_field: str = "response", limit: int | None = None, max_length: int | None = None):
     """Validate and tokenize SteerLM data into a ``datasets.Dataset`` with ``input_ids`` and ``completion_mask``
     (1 on the response + end-of-turn tokens, 0 on template, prompt and attribute string).
 
-    ``data``: records / ``.json``/``.jsonl`` path / ``datasets.Dataset`` with ``prompt_field`` (string or messages),
-    ``response_field`` (string) and one integer 0-4 column per attribute. All rows are checked before any is
-    tokenized.
+    ``data``: records / a file :func:`load_records` reads / ``datasets.Dataset`` with ``prompt_field`` (string or
+    messages), ``response_field`` (string) and one integer 0-4 column per attribute. All rows are checked before any
+    is tokenized. With ``max_length``, a row whose template + prompt + attribute string alone fill ``max_length``
+    tokens (truncation would leave no response token to train on) is an :class:`AlignmentDataError`.
     """
     import datasets
 
@@ -159,39 +161,46 @@ def steerlm_dataset(data, tokenizer, *, attributes: str | Sequence[str] = "helps
         checked.append((messages, response, format_attributes(rec, names, row=i)))
     assistant_turn(tokenizer, checked[0][0])  # template errors before tokenizing anything
     rows = []
-    for messages, response, attr in checked:
+    for i, (messages, response, attr) in enumerate(checked):
         turn = assistant_turn(tokenizer, messages)
         prompt_ids = _encode(tokenizer, turn.prefix + attr + "\n")
         completion_ids = _encode(tokenizer, response + turn.suffix)
+        if max_length is not None and len(prompt_ids) >= max_length:
+            raise AlignmentDataError(f"row {i}: the chat template, prompt and attribute string take "
+                                     f"{len(prompt_ids)} tokens, so max_length={max_length} would cut every response "
+                                     f"token; raise max_length above {len(prompt_ids)}, or shorten or drop the row")
         rows.append({"input_ids": prompt_ids + completion_ids,
                      "completion_mask": [0] * len(prompt_ids) + [1] * len(completion_ids)})
     return datasets.Dataset.from_list(rows)
 
 
-def build_steerlm_trainer(model, tokenizer, data, *, attributes: str | Sequence[str] = "helpsteer",
-                          settings: TrainSettings | None = None, lora: LoraSettings | None = None,
-                          prompt_field: str = "prompt", response_field: str = "response"):
-    """The configured ``trl.SFTTrainer`` (completion-only loss on the responses) behind :func:`train_steerlm`."""
-    from trl import SFTConfig, SFTTrainer
+def build_steerlm_trainer(model, tokenizer, data, config=None, *, settings=None, lora=None, **fields):
+    """The configured ``trl.SFTTrainer`` (completion-only loss on the responses) behind :func:`train_steerlm`.
 
-    train = steerlm_dataset(data, tokenizer, attributes=attributes, prompt_field=prompt_field,
-                            response_field=response_field)
-    args = (settings or TrainSettings()).to_trl(SFTConfig, completion_only_loss=True, packing=False)
+    ``config``: a :class:`~hf_minitron.stages.steerlm.SteerLMConfig` or its fields as keywords (``attributes``,
+    ``prompt_field``, ``response_field``, ``max_steps``, ...). ``data``: SteerLM records, or a dataset
+    :func:`steerlm_dataset` already prepared.
+    """
+    from trl import SFTTrainer
+
+    from ..stages.steerlm import SteerLMConfig
+
+    config = resolve_config(SteerLMConfig, config, settings=settings, lora=lora, **fields)
+    if hasattr(data, "column_names") and "completion_mask" in data.column_names:
+        train = data
+    else:
+        train = steerlm_dataset(data, tokenizer, attributes=config.attributes, prompt_field=config.prompt_field,
+                                response_field=config.response_field, max_length=config.max_length)
     model.train()
-    return SFTTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer,
-                      peft_config=lora.to_peft() if lora is not None else None)
+    return SFTTrainer(model=model, args=config.trainer_args(), train_dataset=train, processing_class=tokenizer,
+                      peft_config=config.peft_config())
 
 
-def train_steerlm(model, tokenizer, data, *, attributes: str | Sequence[str] = "helpsteer",
-                  settings: TrainSettings | None = None, lora: LoraSettings | None = None,
-                  prompt_field: str = "prompt", response_field: str = "response"):
-    """Attribute-conditioned SFT; returns the trained ``*ForCausalLM`` (LoRA merged when ``lora`` is given)."""
-    trainer = build_steerlm_trainer(model, tokenizer, data, attributes=attributes, settings=settings, lora=lora,
-                                    prompt_field=prompt_field, response_field=response_field)
-    trainer.train()
-    trained = merge_lora(trainer.model)
-    unpatch_forward(trained)
-    return trained.eval()
+def train_steerlm(model, tokenizer, data, config=None, *, settings=None, lora=None, **fields):
+    """Attribute-conditioned SFT; returns the trained ``*ForCausalLM`` (LoRA merged, eval mode). ``config``: a
+    :class:`~hf_minitron.stages.steerlm.SteerLMConfig` or its fields as keywords."""
+    trainer = build_steerlm_trainer(model, tokenizer, data, config, settings=settings, lora=lora, **fields)
+    return train_and_merge(trainer)[0]
 
 
 def generate_with_attributes(model, tokenizer, messages, attributes: Mapping[str, int], *,
