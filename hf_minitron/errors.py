@@ -23,4 +23,11 @@ class OutputDirError(MinitronError, FileExistsError):
     """An output location that cannot be written: a file, a non-empty directory without overwrite, no permission."""
 
 
+def yaml_error_text(err) -> str:
+    """A YAML parser error on one line: ``line L column C: PROBLEM``."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    return f"line {mark.line + 1} column {mark.column + 1}: {problem}" if mark is not None else problem
+
+
 __all__ = ["ConfigError", "DataError", "MinitronError", "OutputDirError"]

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import ConfigError
+from .errors import ConfigError, yaml_error_text
 from .stages import STAGE_TABLE, canonical_name, get_stage
 from .stages.base import StageResult, build_config, config_fields, config_fingerprint_dict, suggest
 
@@ -95,7 +95,7 @@ def load_recipe(source, *, overrides: list[str] | None = None, output_dir: str |
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as err:
-            raise ConfigError(f"{where}: not valid YAML ({err})") from None
+            raise ConfigError(f"{where}: not valid YAML ({yaml_error_text(err)})") from None
         default_name = path.stem
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping with keys {', '.join(TOP_LEVEL_KEYS)}")

@@ -28,7 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from ..arch import get_adapter
-    from ..loading import load_causal_lm
+    from ..loading import check_model_source, load_causal_lm
+
+    check_model_source(args.model, trust_remote_code=args.trust_remote_code, need_tokenizer=False)
 
     model, _ = load_causal_lm(args.model, tokenizer=False, trust_remote_code=args.trust_remote_code)
     summary = {"model": args.model, **get_adapter(model).summary()}

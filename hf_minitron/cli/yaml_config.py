@@ -10,7 +10,7 @@ def read_stage_yaml(path, config_cls, *, command: str) -> dict:
     closest field. Dashes in keys are read as underscores (``max-steps`` = ``max_steps``)."""
     import yaml
 
-    from ..errors import ConfigError
+    from ..errors import ConfigError, yaml_error_text
     from ..stages.base import config_fields, suggest
 
     file = Path(path).expanduser()
@@ -19,7 +19,7 @@ def read_stage_yaml(path, config_cls, *, command: str) -> dict:
     try:
         data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as err:
-        raise ConfigError(f"--config {path}: not valid YAML ({err})") from None
+        raise ConfigError(f"--config {path}: not valid YAML ({yaml_error_text(err)})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"--config {path}: expected a mapping of field names to values, got {type(data).__name__}")
     known = config_fields(config_cls)

@@ -66,6 +66,9 @@ class DistillStageConfig(DistillationConfig):
     overwrite: bool = field(default=False, metadata={"help": "Replace a non-empty output_dir."})
 
     def __post_init__(self):
+        if self.teacher_cache is not None and self.data:
+            raise ConfigError("teacher_cache supplies the training tokens: drop data (build the cache from that data "
+                              "with the cache-teacher stage)")
         if self.teacher_cache is not None:
             self._defaults_from_cache()
         super().__post_init__()
@@ -78,9 +81,6 @@ class DistillStageConfig(DistillationConfig):
         if self.teacher_cache is None and not self.data:
             raise ConfigError("data is not set: give training data (--data FILE) or an offline teacher cache "
                               "(--teacher_cache DIR from the cache-teacher stage)")
-        if self.teacher_cache is not None and self.data:
-            raise ConfigError("teacher_cache supplies the training tokens: drop data (build the cache from that data "
-                              "with the cache-teacher stage)")
         if self.max_samples is not None and self.max_samples < 1:
             raise ConfigError(f"max_samples={self.max_samples}: must be >= 1 (or unset for all examples)")
         if self.learning_rate <= 0:
