@@ -35,6 +35,9 @@ class PruneConfig:
             Target sizes; the same in every layer, so the result is a stock config.
         drop_layers (`list[int]` or `None`, *optional*, defaults to `None`):
             Layer indices to remove, instead of `num_hidden_layers`.
+        architecture (`str` or `None`, *optional*, defaults to `None`):
+            The search stage's output directory (or its `architecture.json`): the chosen targets. Targets given
+            here as well win over the file's.
         depth_criterion (`Literal["block_influence", "lm_loss", "block"]` or `None`, *optional*):
             How `num_hidden_layers` picks the layers to drop (default: the best criterion the scores hold).
 
@@ -59,6 +62,8 @@ class PruneConfig:
         "help": "Target number of layers; the layers to drop are chosen by depth_criterion."})
     drop_layers: list[int] | None = field(default=None, metadata={
         "help": "Layer indices to remove (instead of num_hidden_layers), e.g. --drop_layers 10 11 12."})
+    architecture: str | None = field(default=None, metadata={
+        "help": "A search stage's output (or its architecture.json): its targets, under any given here."})
     depth_criterion: DepthCriterion | None = field(default=None, metadata={
         "help": "How num_hidden_layers picks the layers to drop (default: the best criterion the scores hold)."})
     dtype: Dtype = field(default="float32", metadata={"help": "dtype the model is loaded, pruned and saved in."})
@@ -76,12 +81,22 @@ class PruneConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{name}={value}: must be >= 1 (or unset to keep the model's size)")
-        if not self.targets():
+        if not self.targets() and self.architecture is None:
             raise ConfigError("no target given: set at least one of hidden_size, intermediate_size, "
-                              "num_attention_heads, num_key_value_heads, num_hidden_layers, drop_layers")
+                              "num_attention_heads, num_key_value_heads, num_hidden_layers, drop_layers (or "
+                              "architecture, a search stage's output)")
+
+    def all_targets(self) -> dict:
+        """:meth:`targets` over those of ``architecture`` (read now: the search may have run after validation)."""
+        if self.architecture is None:
+            return self.targets()
+        from .search import read_architecture
+
+        return {**read_architecture(self.architecture), **self.targets()}
 
     def targets(self) -> dict:
-        """The pruning targets as ``prune_model`` takes them."""
+        """The pruning targets given in this config (not those of ``architecture``), as ``prune_model`` takes
+        them."""
         keys = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "num_hidden_layers",
                 "drop_layers", "depth_criterion")
         return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
@@ -104,9 +119,10 @@ class PruneResult(StageResult):
     """``metrics``: ``before``/``after`` architecture summaries, ``dropped_layers``, ``depth_criterion``."""
 
 
-@register_stage("prune", config=PruneConfig, inputs={"model": "teacher", "scores": "scores"}, produces="student")
+@register_stage("prune", config=PruneConfig, inputs={"model": "teacher", "scores": "scores",
+                                                   "architecture": "architecture"}, produces="student")
 def run_prune(config: PruneConfig) -> PruneResult:
-    """Prune ``config.model`` to ``config.targets()`` and save it to ``config.output_dir``.
+    """Prune ``config.model`` to ``targets`` and save it to ``config.output_dir``.
 
     Checked before the model loads: the output directory, the scores directory and the model's architecture
     (from its config). Checked before any weight is sliced: every target against the model's sizes and the scores.
@@ -118,18 +134,19 @@ def run_prune(config: PruneConfig) -> PruneResult:
     from ..pruning import plan_pruning, prune_model
 
     check_output_dir(config.output_dir, overwrite=config.overwrite, name="output_dir", fix="set overwrite")
+    targets = config.all_targets()
     check_model_source(config.model, trust_remote_code=config.trust_remote_code)
-    check_targets_fit(config.model, config.targets())
-    if config.scores is None and (set(config.targets()) - {"drop_layers", "depth_criterion"}):
+    check_targets_fit(config.model, targets)
+    if config.scores is None and (set(targets) - {"drop_layers", "depth_criterion"}):
         raise ConfigError("scores is not set: width targets and num_hidden_layers need the importance stage's "
                           "output (--scores DIR); only drop_layers works without scores")
     if config.scores is not None:
         check_scores_dir(config.scores)
     model, tokenizer = load_causal_lm(config.model, dtype=config.dtype, trust_remote_code=config.trust_remote_code)
     scores = ImportanceScores.load(config.scores, model=model) if config.scores else None
-    plan = plan_pruning(model, config.targets(), scores)
+    plan = plan_pruning(model, targets, scores)
     before = get_adapter(model).summary()
-    pruned = prune_model(model, config.targets(), scores, out_dir=config.output_dir, tokenizer=tokenizer,
+    pruned = prune_model(model, targets, scores, out_dir=config.output_dir, tokenizer=tokenizer,
                          overwrite=config.overwrite)
     after = get_adapter(pruned).summary()
     metrics = {"parameters_before": before["parameters"], "parameters_after": after["parameters"],
