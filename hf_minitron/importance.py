@@ -10,10 +10,26 @@ returns :class:`ImportanceScores`:
 - ``neurons`` ``[layers, intermediate_size]``: the down projection's input (the MLP activation after gating).
 - ``channels`` ``[hidden_size]``: the outputs of every norm over the hidden size inside the decoder layers, summed
   over norms and layers.
-- ``depth``: per layer, higher = more important. ``block_influence``: 1 - mean cosine between a layer's input and
-  output over the calibration tokens; ``lm_loss``: calibration LM loss with the layer removed minus the loss of the
-  full model. ``block_losses[n]``: LM loss with layers ``j..j+n-1`` removed, for every start ``j`` (contiguous-block
+- ``depth``: per layer, higher = more important. ``block_influence`` (ShortGPT): per sample, 1 - the mean over its
+  tokens of the cosine between the layer's input and output, then the mean over the samples (the last layer's output
+  is taken before the final norm); ``lm_loss``: calibration LM loss with the layer removed minus the loss of the full
+  model. ``block_losses[n]``: LM loss with layers ``j..j+n-1`` removed, for every start ``j`` (contiguous-block
   search).
+
+Calibration texts become one sample per document by default (``packing=False``: the tokenizer's encoding with its
+special tokens, truncated at ``seq_len``; documents sorted by length and right-padded per batch), or EOS-joined
+blocks of ``seq_len`` tokens (``packing=True``). Documents matter for Block Influence: the first position of a
+sequence is the attention sink, whose state a few layers rewrite (SmolLM2-135M: 1 - cos = 0.70 at position 0 of layer
+11 against 0.036 elsewhere), and the per-document mean gives it the weight ShortGPT's does; in packed blocks it weighs
+1/seq_len and such a layer ranks as unimportant (see the README's Pruning benchmark). A right-padded batch runs
+without an attention mask (causal attention never lets a real token see the padding after it), so attention keeps
+its fused path; the mask only decides which positions count.
+
+The scoring pass runs the decoder without the LM head; only the LM-loss criteria project hidden states through the
+head, ``chunk`` tokens at a time (:func:`lm_nll_sum`), so no ``[batch, seq, vocab]`` logits exist.
+:func:`scoring_memory` estimates a run's peak memory, :func:`fit_batch_size` sizes the batch to the memory available
+(``batch_size="auto"``), and an explicit batch whose estimate exceeds it is refused before any forward
+(:class:`ScoringMemoryError`).
 
 Aggregation (per channel, fp32): over the sequence ``mean`` of ``|x|`` (default), ``l2`` or ``var`` of ``x``; then over
 the samples ``l2`` (default), ``mean`` or ``var``. Positions with attention mask 0 never count; a sample with no
@@ -31,15 +47,17 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Literal, Sequence
 
 import torch
 
 from .arch import get_adapter
+from .errors import ConfigError
 from .kernels.importance import abs_mean_accumulate
 
 AGGREGATIONS = ("mean", "l2", "var")
 DEPTH_CRITERIA = ("block_influence", "lm_loss", "block")
+DEFAULT_DEPTH_CRITERIA = ("block_influence",)  # what the default pruning path uses; the LM-loss criteria are opt-in
 SCORES_FILE = "importance.safetensors"
 MANIFEST_FILE = "manifest.json"
 FORMAT = "hf-minitron-importance"
@@ -270,18 +288,168 @@ def _is_loader(calib) -> bool:
         and isinstance(calib, Iterable))
 
 
+def _texts(calib, tokenizer, text_field: str):
+    from .data import load_texts
+
+    if tokenizer is None:
+        raise ValueError("tokenizer=None: calibration texts need a tokenizer; pass tokenizer=... (or pre-tokenized "
+                         "calib as a [num_samples, seq_len] tensor or a DataLoader of input_ids)")
+    return load_texts(calib, text_field=text_field)
+
+
 def calibration_blocks(calib, tokenizer, seq_len: int, num_samples: int | None, text_field: str = "text") -> torch.Tensor:
     """``[n, seq_len]`` packed token blocks from texts / a file / a ``datasets.Dataset`` / a token tensor."""
-    from .data import load_texts, token_blocks
+    from .data import token_blocks
 
     if isinstance(calib, torch.Tensor):
         if calib.dim() != 2:
             raise ValueError(f"calib tensor must be [num_samples, seq_len] token ids, got shape {tuple(calib.shape)}")
         return calib[:num_samples] if num_samples else calib
-    if tokenizer is None:
-        raise ValueError("tokenizer=None: calibration texts need a tokenizer; pass tokenizer=... (or pre-tokenized "
-                         "calib as a [num_samples, seq_len] tensor or a DataLoader of input_ids)")
-    return token_blocks(load_texts(calib, text_field=text_field), tokenizer, seq_len, num_samples)
+    return token_blocks(_texts(calib, tokenizer, text_field), tokenizer, seq_len, num_samples)
+
+
+def calibration_documents(calib, tokenizer, seq_len: int, num_samples: int | None,
+                          text_field: str = "text") -> list[torch.Tensor]:
+    """One 1-D token tensor per document (the first ``num_samples`` with at least 2 tokens): the tokenizer's encoding
+    with its special tokens (a BOS where the tokenizer adds one), truncated at ``seq_len``."""
+    rows = []
+    for text in _texts(calib, tokenizer, text_field):
+        if num_samples is not None and len(rows) >= num_samples:
+            break
+        ids = tokenizer(text)["input_ids"][:seq_len]
+        if len(ids) >= 2:
+            rows.append(torch.tensor(ids, dtype=torch.long))
+    if not rows:
+        raise ValueError("no calibration text gives at least 2 tokens")
+    return rows
+
+
+def _document_batches(docs: list[torch.Tensor], indices: torch.Tensor, batch_size: int, pad_id: int):
+    """Right-padded ``(ids, mask, global indices)`` batches of ``docs[indices]``, longest first (little padding; the
+    first batch is the largest)."""
+    order = sorted(indices.tolist(), key=lambda i: -docs[i].numel())
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        width = docs[idx[0]].numel()
+        ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for row, i in enumerate(idx):
+            ids[row, : docs[i].numel()] = docs[i]
+            mask[row, : docs[i].numel()] = 1
+        yield ids, mask, torch.tensor(idx)
+
+
+# --- memory --------------------------------------------------------------------------------------------------------
+class ScoringMemoryError(ConfigError):
+    """A scoring batch whose estimated memory exceeds what the device has available."""
+
+
+@dataclass(frozen=True)
+class ScoringMemory:
+    """Estimated peak memory of a scoring run, in bytes: the weights, plus the largest forward's activations (and
+    the LM-loss logit chunk). ``transient`` is what a batch adds on top of the loaded model."""
+
+    weights: int
+    activations: int
+    logits: int
+
+    @property
+    def transient(self) -> int:
+        return self.activations + self.logits
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.transient
+
+    def describe(self) -> str:
+        gib = 1 << 30
+        return (f"{self.total / gib:.2f} GiB (weights {self.weights / gib:.2f} + activations "
+                f"{self.activations / gib:.2f} + LM-loss logits {self.logits / gib:.2f})")
+
+
+def loss_chunk_tokens(vocab_size: int) -> int:
+    """Tokens per LM-head chunk of the LM-loss criteria: about 16 M fp32 logits (64 MiB) per chunk."""
+    return max(1, (1 << 24) // max(1, vocab_size))
+
+
+def scoring_memory(model_or_config, batch_size: int, seq_len: int, dtype: torch.dtype | None = None, *,
+                   lm_loss: bool = False, attention_mask: bool = False) -> ScoringMemory:
+    """Peak-memory estimate of :func:`estimate_importance` with batches of ``batch_size`` x ``seq_len`` tokens.
+
+    Per token and layer the largest live set is the MLP's (the residual, the norm output and three
+    ``intermediate_size`` tensors: gate activation, up projection, their product), or attention's (q, k, v and the
+    rotary temporaries), plus the fp32 temporaries of the scoring hooks. Eager attention (or an explicit attention
+    mask, ``attention_mask=True``) adds the ``[batch, heads, seq, seq]`` scores twice. ``lm_loss`` adds one chunk of
+    fp32 logits (:func:`loss_chunk_tokens`) three times (logits, log-softmax, softcap) and the gathered hidden
+    states. ``model_or_config``: a model (weights counted from its parameters) or a ``transformers`` config.
+    """
+    config = getattr(model_or_config, "config", model_or_config)
+    if dtype is None:
+        dtype = getattr(model_or_config, "dtype", None) or getattr(config, "torch_dtype", None) or torch.float32
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    b = torch.empty((), dtype=dtype).element_size()
+    H, I, L = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    nH = config.num_attention_heads
+    d = getattr(config, "head_dim", None) or H // nH
+    nKV = getattr(config, "num_key_value_heads", None) or nH
+    V = config.vocab_size
+    if hasattr(model_or_config, "parameters"):
+        weights = sum(p.numel() * p.element_size() for p in {id(p): p for p in model_or_config.parameters()}.values())
+    else:
+        attn = H * d * (2 * nH + 2 * nKV)
+        weights = b * (L * (attn + 3 * H * I + 2 * H) + V * H * (1 if getattr(config, "tie_word_embeddings", True) else 2))
+    mlp = 2 * H + 3 * I
+    attention = 2 * H + (nH + 2 * nKV) * d + 3 * nH * d
+    upcast = 0 if b >= 4 else 3 * H  # fp32 copies in the norms and the cosine hook
+    per_token = b * max(mlp, attention) + 4 * (max(I, nH * d, H) + H + upcast)
+    tokens = batch_size * seq_len
+    activations = tokens * per_token
+    if attention_mask or getattr(config, "_attn_implementation", None) == "eager":
+        activations += 2 * 4 * batch_size * nH * seq_len * seq_len
+    logits = 0
+    if lm_loss:
+        logits = 3 * 4 * loss_chunk_tokens(V) * V + tokens * H * b
+    return ScoringMemory(weights=int(weights), activations=int(activations), logits=int(logits))
+
+
+def available_memory(device: torch.device | str | None = None) -> int:
+    """Bytes a new allocation can use now: free memory of a CUDA device, ``MemAvailable`` of the host otherwise."""
+    device = torch.device(device or "cpu")
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
+def fit_batch_size(model, seq_len: int, *, dtype: torch.dtype | None = None, lm_loss: bool = False,
+                   available: int | None = None, fraction: float = 0.8, max_batch_size: int = 1024) -> int:
+    """The largest batch (<= ``max_batch_size``) whose :func:`scoring_memory` transient part fits in ``fraction``
+    of the memory available on the model's device (or of ``available`` bytes); at least 1."""
+    if available is None:
+        available = available_memory(next(model.parameters()).device)
+    one, two = (scoring_memory(model, n, seq_len, dtype, lm_loss=lm_loss).transient for n in (1, 2))
+    per_sample, fixed = two - one, 2 * one - two  # the estimate is linear in the batch
+    fit = int((fraction * available - fixed) // max(per_sample, 1))
+    return max(1, min(max_batch_size, fit))
+
+
+def _check_memory(model, batch_size: int, seq_len: int, lm_loss: bool, masked: bool) -> None:
+    """Refuse (before any forward) a batch whose estimate exceeds the memory available on the model's device."""
+    device = next(model.parameters()).device
+    need = scoring_memory(model, batch_size, seq_len, lm_loss=lm_loss, attention_mask=masked)
+    free = available_memory(device)
+    if need.transient > free:
+        fit = fit_batch_size(model, seq_len, lm_loss=lm_loss, available=free)
+        raise ScoringMemoryError(
+            f"batch_size={batch_size} x seq_len={seq_len} needs about {need.describe()}, but only "
+            f"{free / (1 << 30):.2f} GiB is available on {device} beyond the loaded model; pass batch_size={fit} "
+            f"(or batch_size='auto'), or a shorter seq_len")
 
 
 # --- hooks ---------------------------------------------------------------------------------------------------------
@@ -297,7 +465,7 @@ class _Recorder:
         self.neurons = [ChannelStat(aggregation.seq) for _ in range(L)]
         self.norms = [[ChannelStat(aggregation.seq) for _ in adapter.hidden_norms(i)] for i in range(L)]
         self.block_influence = block_influence
-        self.cos_sum = [torch.zeros((), dtype=torch.float64) for _ in range(L)]
+        self.bi_sum = [torch.zeros((), dtype=torch.float64) for _ in range(L)]  # sum over samples of 1 - mean cos
         self.tokens = torch.zeros((), dtype=torch.float64)
         self.samples = torch.zeros((), dtype=torch.float64)
         self.layer_returns_tuple = False
@@ -346,7 +514,12 @@ class _Recorder:
             dot = torch.linalg.vecdot(x.float(), out.float())  # [batch, seq]
             cos = dot / (x_norm * out_norm).clamp_min(1e-8)  # as torch.cosine_similarity
             m = self.mask_on(cos.device)
-            self.cos_sum[i] += (cos if m is None else cos * m).sum().double().cpu()
+            if m is None:
+                per_sample = cos.double().mean(1)
+            else:  # a sample with no unmasked position counts for nothing (1 - cos = 0)
+                n = m.sum(1)
+                per_sample = torch.where(n > 0, (cos.double() * m).sum(1) / n.clamp_min(1), 1.0)
+            self.bi_sum[i] += (1.0 - per_sample).sum().cpu()
         return hook
 
     def attach(self):
@@ -376,7 +549,7 @@ class _Recorder:
         for layer in self.norms:
             for s in layer:
                 out += s.tensors()
-        return out + self.cos_sum + [self.tokens, self.samples]
+        return out + self.bi_sum + [self.tokens, self.samples]
 
 
 @contextmanager
@@ -397,17 +570,32 @@ def skip_layers(adapter, indices: Iterable[int], returns_tuple: bool = False):
             del layer.forward
 
 
-def _nll_sum(model, ids: torch.Tensor, mask: torch.Tensor | None, logits: torch.Tensor | None = None) -> tuple[float, float]:
-    """Sum of next-token NLL over positions whose token and target are both unmasked, and their count."""
-    if logits is None:
-        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
-    logits = logits[:, :-1].float()
-    target = ids[:, 1:].to(logits.device)
-    nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="none")
-    if mask is not None:
-        keep = (mask[:, 1:] * mask[:, :-1]).reshape(-1).to(nll.device).bool()
-        nll = nll[keep]
-    return nll.double().sum().item(), float(nll.numel())
+def lm_nll_sum(adapter, hidden: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor | None,
+               chunk_tokens: int | None = None) -> tuple[float, float]:
+    """Sum of next-token NLL from the final hidden states ``[batch, seq, hidden]`` through the LM head (and the final
+    logit soft-cap), over positions whose token and target are both unmasked, and their count. Projects
+    ``chunk_tokens`` positions at a time (default :func:`loss_chunk_tokens`) in fp32: no ``[batch, seq, vocab]``
+    logits."""
+    h, target = hidden[:, :-1], ids[:, 1:].to(hidden.device)
+    if mask is None:
+        h, target = h.reshape(-1, h.shape[-1]), target.reshape(-1)
+    else:
+        keep = (mask[:, 1:] * mask[:, :-1]).to(hidden.device).bool()
+        h, target = h[keep], target[keep]
+    head, cap = adapter.lm_head, adapter.logit_softcap
+    chunk = chunk_tokens or loss_chunk_tokens(head.weight.shape[0])
+    total = torch.zeros((), dtype=torch.float64, device=h.device)
+    for start in range(0, h.shape[0], chunk):
+        logits = head(h[start : start + chunk]).float()
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        total += torch.nn.functional.cross_entropy(logits, target[start : start + chunk], reduction="sum").double()
+    return total.item(), float(h.shape[0])
+
+
+def _backbone(adapter, ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """The decoder's final hidden states (after the final norm); no LM head."""
+    return adapter.decoder(input_ids=ids, attention_mask=mask, use_cache=False)[0]
 
 
 def _all_reduce(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -424,32 +612,44 @@ def _all_reduce(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
 
 
 # --- the estimator -------------------------------------------------------------------------------------------------
-@torch.no_grad()
-def estimate_importance(
-    model,
-    calib,
-    *,
-    tokenizer=None,
-    batch_size: int = 8,
-    seq_len: int = 4096,
-    num_samples: int | None = 1024,
-    depth_criteria: Sequence[str] = ("block_influence", "lm_loss"),
-    block_sizes: Sequence[int] = (),
-    loss_num_samples: int | None = 64,
-    aggregation=("mean", "l2"),
-    text_field: str = "text",
-    progress: bool = False,
-) -> ImportanceScores:
-    """Score heads, neurons, embedding channels and layers of ``model`` on calibration data.
+@dataclass
+class _Calibration:
+    """This rank's batches and what the manifest records about them."""
 
-    ``calib``: a list of texts, a ``.txt``/``.json``/``.jsonl`` file, a ``datasets.Dataset`` (packed into
-    ``num_samples`` blocks of ``seq_len`` tokens with ``tokenizer``), a ``[n, seq_len]`` token tensor, or a DataLoader /
-    iterable of batches (tensors or dicts with ``input_ids`` and optionally ``attention_mask``; already sharded per
-    rank when distributed). ``depth_criteria``: any of ``block_influence`` (free, from the scoring pass), ``lm_loss``
-    (one extra pass per layer over the first ``loss_num_samples`` samples) and ``block`` (one extra pass per start
-    position and size in ``block_sizes``).
-    """
-    agg = Aggregation.parse(aggregation)
+    batches: Iterable           # (ids, mask, global row indices or None)
+    total: int | None           # number of batches, for the progress bar
+    batch_size: int | str       # resolved from "auto" for texts and tensors
+    fingerprint: str | None     # None: computed from the batches as they pass (a loader)
+    seq_len: int | None         # longest row
+    packing: bool | None        # None: pre-tokenized input
+    mask_in_forward: bool       # False: right-padded rows, the mask only selects the positions that count
+
+
+def _calibration(calib, tokenizer, *, seq_len, num_samples, text_field, packing, batch_size, fit, rank,
+                 world) -> _Calibration:
+    """Rows (packed blocks or documents) split into this rank's batches; ``fit(longest_row)`` sizes an ``"auto"``
+    batch."""
+    from .data import fingerprint
+
+    if _is_loader(calib):
+        return _Calibration(_loader_batches(calib, num_samples), None, batch_size, None, None, None, True)
+    if packing or isinstance(calib, torch.Tensor):
+        blocks = calibration_blocks(calib, tokenizer, seq_len, num_samples, text_field)
+        longest = int(blocks.shape[1])
+        batch_size = fit(longest) if batch_size == "auto" else batch_size
+        local = torch.arange(rank, blocks.shape[0], world)
+        batches = [(blocks[idx], None, idx) for idx in local.split(batch_size)]
+        return _Calibration(batches, len(batches), batch_size, fingerprint(blocks), longest,
+                            None if isinstance(calib, torch.Tensor) else True, False)
+    docs = calibration_documents(calib, tokenizer, seq_len, num_samples, text_field)
+    longest = max(d.numel() for d in docs)
+    batch_size = fit(longest) if batch_size == "auto" else batch_size
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    batches = list(_document_batches(docs, torch.arange(rank, len(docs), world), batch_size, pad or 0))
+    return _Calibration(batches, len(batches), batch_size, fingerprint(*docs), longest, False, False)
+
+
+def _check_criteria(depth_criteria, block_sizes, num_layers: int) -> tuple[tuple[str, ...], tuple[int, ...]]:
     criteria = tuple(depth_criteria)
     for c in criteria:
         if c not in DEPTH_CRITERIA:
@@ -460,88 +660,81 @@ def estimate_importance(
                          "e.g. block_sizes=(8,)")
     if block_sizes and "block" not in criteria:
         criteria = criteria + ("block",)
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size}; must be >= 1")
+    for n in block_sizes:
+        if not 1 <= n < num_layers:
+            raise ValueError(f"block_sizes contains {n}; each size must be in [1, {num_layers - 1}] for a "
+                             f"{num_layers}-layer model")
+    return criteria, block_sizes
+
+
+@torch.no_grad()
+def estimate_importance(
+    model,
+    calib,
+    *,
+    tokenizer=None,
+    batch_size: int | Literal["auto"] = 8,
+    seq_len: int = 4096,
+    num_samples: int | None = 1024,
+    packing: bool = False,
+    depth_criteria: Sequence[str] = DEFAULT_DEPTH_CRITERIA,
+    block_sizes: Sequence[int] = (),
+    loss_num_samples: int | None = 64,
+    aggregation=("mean", "l2"),
+    text_field: str = "text",
+    progress: bool = False,
+) -> ImportanceScores:
+    """Score heads, neurons, embedding channels and layers of ``model`` on calibration data.
+
+    ``calib``: a list of texts, a ``.txt``/``.json``/``.jsonl`` file or a ``datasets.Dataset`` (with ``tokenizer``:
+    the first ``num_samples`` documents truncated at ``seq_len`` tokens, or with ``packing=True`` ``num_samples``
+    EOS-joined blocks of ``seq_len`` tokens), a ``[n, seq_len]`` token tensor, or a DataLoader / iterable of batches
+    (tensors or dicts with ``input_ids`` and optionally ``attention_mask``; already sharded per rank when
+    distributed). ``batch_size``: rows per forward, or ``"auto"`` (:func:`fit_batch_size`); a batch whose estimated
+    memory exceeds what is available raises :class:`ScoringMemoryError` before any forward.
+
+    ``depth_criteria``: ``block_influence`` (default; free, from the scoring pass), ``lm_loss`` (opt-in: one extra
+    pass per layer over the first ``loss_num_samples`` samples, about ``num_layers + 1`` forwards of them) and
+    ``block`` (opt-in: one extra pass per start position and size in ``block_sizes``).
+    """
+    agg = Aggregation.parse(aggregation)
     adapter = get_adapter(model)
     L = adapter.num_layers
-    for n in block_sizes:
-        if not 1 <= n < L:
-            raise ValueError(f"block_sizes contains {n}; each size must be in [1, {L - 1}] for a {L}-layer model")
-    rank, world = _dist_info()
+    criteria, block_sizes = _check_criteria(depth_criteria, block_sizes, L)
+    if batch_size != "auto" and (not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"batch_size={batch_size!r}; must be an int >= 1 or 'auto'")
     need_loss = "lm_loss" in criteria or "block" in criteria
+    rank, world = _dist_info()
+    cal = _calibration(calib, tokenizer, seq_len=seq_len, num_samples=num_samples, text_field=text_field,
+                       packing=packing, batch_size=batch_size, rank=rank, world=world,
+                       fit=lambda longest: fit_batch_size(model, longest, lm_loss=need_loss))
+    if cal.seq_len is not None:
+        _check_memory(model, cal.batch_size, cal.seq_len, need_loss, masked=False)
 
-    # --- batches (this rank's shard) ---
-    if _is_loader(calib):
-        batches, total, calib_fp, global_loss_limit = _loader_batches(calib, num_samples), None, None, False
-        block_len = None
-    else:
-        blocks = calibration_blocks(calib, tokenizer, seq_len, num_samples, text_field)
-        from .data import fingerprint
-
-        calib_fp = fingerprint(blocks)
-        block_len = int(blocks.shape[1])
-        local = torch.arange(rank, blocks.shape[0], world)
-        batches = ((blocks[idx], None, idx) for idx in local.split(batch_size))
-        total = math.ceil(local.numel() / batch_size)
-        global_loss_limit = True
-
-    device = adapter.embed_tokens.weight.device
     was_training = model.training
     model.eval()
     recorder = _Recorder(adapter, agg, "block_influence" in criteria).attach()
-    loss_batches, base_nll, base_count, seen_fp = [], 0.0, 0.0, []
-    from tqdm.auto import tqdm
-
     try:
-        for ids, mask, gidx in tqdm(batches, total=total, desc="importance", disable=not progress or rank != 0):
-            ids = ids.to(device)
-            mask = None if mask is None else mask.to(device)
-            recorder.set_mask(mask)
-            recorder.samples += float(ids.shape[0] if mask is None else int(mask.bool().any(1).sum()))
-            recorder.tokens += float(ids.numel() if mask is None else int(mask.sum()))
-            logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
-            if calib_fp is None:
-                seen_fp.append(ids.cpu())
-            if need_loss:
-                keep = _loss_subset(gidx, ids.shape[0], loss_num_samples, global_loss_limit, loss_batches)
-                if keep is not None:
-                    sub_ids, sub_mask = ids[keep], None if mask is None else mask[keep]
-                    nll, cnt = _nll_sum(model, sub_ids, sub_mask, logits=logits[keep])
-                    base_nll, base_count = base_nll + nll, base_count + cnt
-                    loss_batches.append((sub_ids, sub_mask))
-            del logits
+        try:
+            loss = _scoring_pass(adapter, recorder, cal, need_loss, loss_num_samples, progress and rank == 0)
+        finally:
+            recorder.detach()
+            recorder.set_mask(None)
+        removed = _removal_losses(adapter, criteria, block_sizes, loss.batches, recorder.layer_returns_tuple,
+                                  progress and rank == 0)
     finally:
-        recorder.detach()
-        recorder.set_mask(None)
-
-    # --- depth: LM loss with layers removed (extra passes) ---
-    layer_losses = torch.zeros(L, 2, dtype=torch.float64)
-    block_raw = {n: torch.zeros(L - n + 1, 2, dtype=torch.float64) for n in block_sizes}
-    removals = ([(("layer", i), [i]) for i in range(L)] if "lm_loss" in criteria else [])
-    removals += [(("block", n, j), list(range(j, j + n))) for n in block_sizes for j in range(L - n + 1)]
-    for key, drop in tqdm(removals, desc="depth (LM loss)", disable=not progress or rank != 0 or not removals):
-        with skip_layers(adapter, drop, recorder.layer_returns_tuple):
-            acc = [0.0, 0.0]
-            for sub_ids, sub_mask in loss_batches:
-                nll, cnt = _nll_sum(model, sub_ids, sub_mask)
-                acc[0] += nll
-                acc[1] += cnt
-        target = layer_losses[key[1]] if key[0] == "layer" else block_raw[key[1]][key[2]]
-        target += torch.tensor(acc, dtype=torch.float64)
-    model.train(was_training)
+        model.train(was_training)
 
     # --- reduce over ranks ---
-    raw = recorder.raw_tensors() + [layer_losses, torch.tensor([base_nll, base_count], dtype=torch.float64)]
+    layer_losses, block_raw = removed
+    raw = recorder.raw_tensors() + [layer_losses, torch.tensor(loss.base, dtype=torch.float64)]
     raw += [block_raw[n] for n in block_sizes]
-    if world > 1:
-        raw = _all_reduce(raw)
-    else:
-        raw = [t.cpu() for t in raw]
+    raw = _all_reduce(raw) if world > 1 else [t.cpu() for t in raw]
     raw_iter = iter(raw)
     for stats in (recorder.heads, recorder.neurons, *recorder.norms):
-        for s in stats:
-            s.sum, s.sq = next(raw_iter), next(raw_iter)
-    cos_sum = [next(raw_iter) for _ in range(L)]
+        for st in stats:
+            st.sum, st.sq = next(raw_iter), next(raw_iter)
+    bi_sum = [next(raw_iter) for _ in range(L)]
     tokens, samples = float(next(raw_iter)), float(next(raw_iter))
     layer_losses, base = next(raw_iter), next(raw_iter)
     block_raw = {n: next(raw_iter) for n in block_sizes}
@@ -554,26 +747,81 @@ def estimate_importance(
     channels = torch.stack([_finalize(st, samples, agg.batch) for layer in recorder.norms for st in layer]).sum(0)
     depth = {}
     if "block_influence" in criteria:
-        depth["block_influence"] = torch.stack([1.0 - c / max(tokens, 1.0) for c in cos_sum]).float()
+        depth["block_influence"] = (torch.stack(bi_sum) / max(samples, 1.0)).float()
     base_loss = float(base[0] / base[1]) if need_loss and base[1] > 0 else None
     if "lm_loss" in criteria:
         depth["lm_loss"] = (layer_losses[:, 0] / layer_losses[:, 1].clamp_min(1.0) - base_loss).float()
     block_losses = {n: (r[:, 0] / r[:, 1].clamp_min(1.0)).float() for n, r in block_raw.items()}
 
-    if calib_fp is None:
-        from .data import fingerprint
-
-        calib_fp = fingerprint(*seen_fp) if seen_fp else None
     manifest = {
         "model": model_identity(model),
-        "calibration": {"fingerprint": calib_fp, "samples": int(samples), "tokens": int(tokens),
-                        "seq_len": block_len, "world_size": world},
-        "settings": {"aggregation": asdict(agg), "batch_size": batch_size, "num_samples": num_samples,
-                     "depth_criteria": list(criteria), "block_sizes": list(block_sizes),
+        "calibration": {"fingerprint": cal.fingerprint or loss.fingerprint, "samples": int(samples),
+                        "tokens": int(tokens), "seq_len": cal.seq_len, "packing": cal.packing, "world_size": world},
+        "settings": {"aggregation": asdict(agg), "batch_size": cal.batch_size, "num_samples": num_samples,
+                     "packing": packing, "depth_criteria": list(criteria), "block_sizes": list(block_sizes),
                      "loss_num_samples": loss_num_samples},
     }
     return ImportanceScores(heads=heads, neurons=neurons, channels=channels, depth=depth, block_losses=block_losses,
                             base_loss=base_loss, manifest=manifest)
+
+
+@dataclass
+class _LossData:
+    batches: list = field(default_factory=list)   # (ids, mask, mask_in_forward) kept for the LM-loss passes
+    base: list = field(default_factory=lambda: [0.0, 0.0])  # NLL sum and count of the full model over them
+    fingerprint: str | None = None
+
+
+def _scoring_pass(adapter, recorder: _Recorder, cal: _Calibration, need_loss: bool, loss_num_samples, progress: bool):
+    """One decoder pass over the calibration batches with the recording hooks (and the full model's LM loss on the
+    LM-loss subset)."""
+    from tqdm.auto import tqdm
+
+    from .data import fingerprint
+
+    device = adapter.embed_tokens.weight.device
+    out, seen, checked = _LossData(), [], cal.seq_len is not None
+    for ids, mask, gidx in tqdm(cal.batches, total=cal.total, desc="importance", disable=not progress):
+        if not checked:  # a loader: its first batch is checked before its forward
+            _check_memory(adapter.model, ids.shape[0], ids.shape[1], need_loss, masked=mask is not None)
+            checked = True
+        ids = ids.to(device)
+        mask = None if mask is None else mask.to(device)
+        fwd_mask = mask if cal.mask_in_forward else None
+        recorder.set_mask(mask)
+        recorder.samples += float(ids.shape[0] if mask is None else int(mask.bool().any(1).sum()))
+        recorder.tokens += float(ids.numel() if mask is None else int(mask.sum()))
+        hidden = _backbone(adapter, ids, fwd_mask)
+        if cal.fingerprint is None:
+            seen.append(ids.cpu())
+        keep = _loss_subset(gidx, ids.shape[0], loss_num_samples, gidx is not None, out.batches) if need_loss else None
+        if keep is not None:
+            sub_ids, sub_mask = ids[keep], None if mask is None else mask[keep]
+            nll, cnt = lm_nll_sum(adapter, hidden[keep], sub_ids, sub_mask)
+            out.base[0] += nll
+            out.base[1] += cnt
+            out.batches.append((sub_ids, sub_mask, fwd_mask is not None))
+        del hidden
+    out.fingerprint = fingerprint(*seen) if seen else None
+    return out
+
+
+def _removal_losses(adapter, criteria, block_sizes, loss_batches, returns_tuple: bool, progress: bool):
+    """LM loss (sum, count) with each layer removed (``[L, 2]``) and with each contiguous block removed."""
+    from tqdm.auto import tqdm
+
+    L = adapter.num_layers
+    layer_losses = torch.zeros(L, 2, dtype=torch.float64)
+    block_raw = {n: torch.zeros(L - n + 1, 2, dtype=torch.float64) for n in block_sizes}
+    removals = [(layer_losses[i], [i]) for i in range(L)] if "lm_loss" in criteria else []
+    removals += [(block_raw[n][j], list(range(j, j + n))) for n in block_sizes for j in range(L - n + 1)]
+    for target, drop in tqdm(removals, desc="depth (LM loss)", disable=not progress or not removals):
+        with skip_layers(adapter, drop, returns_tuple):
+            for ids, mask, mask_in_forward in loss_batches:
+                hidden = _backbone(adapter, ids, mask if mask_in_forward else None)
+                nll, cnt = lm_nll_sum(adapter, hidden, ids, mask)
+                target += torch.tensor([nll, cnt], dtype=torch.float64)
+    return layer_losses, block_raw
 
 
 def _loader_batches(loader, num_samples: int | None):
@@ -592,7 +840,7 @@ def _loader_batches(loader, num_samples: int | None):
 
 def _loss_subset(gidx, batch: int, limit: int | None, global_limit: bool, loss_batches) -> torch.Tensor | None:
     """Rows of this batch used by the LM-loss passes: the first ``limit`` samples of the data (global indices for
-    packed data, this rank's first ``limit`` for a loader)."""
+    texts and tensors, this rank's first ``limit`` for a loader)."""
     if limit is None:
         return torch.arange(batch)
     if global_limit:
@@ -603,5 +851,7 @@ def _loss_subset(gidx, batch: int, limit: int | None, global_limit: bool, loss_b
     return keep if keep.numel() else None
 
 
-__all__ = ["AGGREGATIONS", "Aggregation", "DEPTH_CRITERIA", "ImportanceScores", "ScoresMismatchError",
-           "estimate_importance", "model_identity", "skip_layers"]
+__all__ = ["AGGREGATIONS", "Aggregation", "DEFAULT_DEPTH_CRITERIA", "DEPTH_CRITERIA", "ImportanceScores",
+           "ScoresMismatchError", "ScoringMemory", "ScoringMemoryError", "available_memory", "calibration_documents",
+           "estimate_importance", "fit_batch_size", "lm_nll_sum", "loss_chunk_tokens", "model_identity",
+           "scoring_memory", "skip_layers"]

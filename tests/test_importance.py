@@ -133,11 +133,11 @@ def test_text_calibration_is_packed_with_the_tokenizer(tokenizer):
 
     model = tiny_model("llama")
     texts = ["the quick brown fox jumps over the lazy dog " * 3, "hello world, calibration " * 4]
-    scores = estimate_importance(model, texts, tokenizer=tokenizer, seq_len=32, num_samples=3,
+    scores = estimate_importance(model, texts, tokenizer=tokenizer, seq_len=32, num_samples=3, packing=True,
                                  depth_criteria=("block_influence",))
     blocks = token_blocks(texts, tokenizer, 32, 3)
     assert scores.manifest["calibration"]["fingerprint"] == fingerprint(blocks)
-    assert scores.manifest["calibration"]["seq_len"] == 32
+    assert scores.manifest["calibration"]["seq_len"] == 32 and scores.manifest["calibration"]["packing"] is True
     same = estimate_importance(model, blocks, depth_criteria=("block_influence",))
     torch.testing.assert_close(scores.channels, same.channels)
     with pytest.raises(ValueError, match="tokenizer"):
@@ -195,6 +195,8 @@ def test_bad_arguments_fail_before_any_forward():
         estimate_importance(model, ids, aggregation=("max", "l2"))
     with pytest.raises(ValueError, match="batch_size"):
         estimate_importance(model, ids, batch_size=0)
+    with pytest.raises(ValueError, match="batch_size"):
+        estimate_importance(model, ids, batch_size="max")
     assert calls == []
 
 
