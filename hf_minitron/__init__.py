@@ -48,6 +48,17 @@ _LAZY = {
     "fused_linear_topk_kl_loss": "kernels.topk_kl",
     "TeacherCache": "distill.teacher_cache",
     "write_teacher_cache": "distill.teacher_cache",
+    "run_eval": "stages.evaluate",
+    "EvalConfig": "stages.evaluate",
+    "mean_nll": "evaluation",
+    "perplexity": "evaluation",
+    "run_card": "stages.card",
+    "CardConfig": "stages.card",
+    "render_card": "card",
+    "write_card": "card",
+    "run_push": "stages.push",
+    "PushConfig": "stages.push",
+    "push_folder": "hub",
 }
 
 __all__ = sorted(_LAZY)
