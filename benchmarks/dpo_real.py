@@ -39,9 +39,9 @@ def main() -> int:
 
     import torch
 
-    from hf_minitron.alignment import (LoraSettings, TrainSettings, load_preference_data, preference_logps,
-                                       preference_stats, train_dpo)
+    from hf_minitron.alignment import load_preference_data, preference_logps, preference_stats, train_dpo
     from hf_minitron.loading import load_causal_lm
+    from hf_minitron.stages.dpo import DPOStageConfig
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -61,11 +61,12 @@ def main() -> int:
     before = preference_stats(model, None, tok, held, reference_logps=ref_logps, **kw).summary()
     eval_s = time.perf_counter() - t1
 
-    settings = TrainSettings(max_steps=args.steps, learning_rate=args.lr, per_device_train_batch_size=args.batch_size,
-                             max_length=args.max_length, logging_steps=10, seed=0)
+    config = DPOStageConfig(beta=args.beta, reference="model", use_lora=True, lora_r=args.lora_r,
+                            lora_alpha=2 * args.lora_r, max_steps=args.steps, learning_rate=args.lr,
+                            per_device_train_batch_size=args.batch_size, max_length=args.max_length, logging_steps=10,
+                            seed=0)
     t2 = time.perf_counter()
-    aligned = train_dpo(model, tok, train, beta=args.beta, reference="model",
-                        lora=LoraSettings(r=args.lora_r, alpha=2 * args.lora_r), settings=settings)
+    aligned = train_dpo(model, tok, train, config)
     train_s = time.perf_counter() - t2
     after = preference_stats(aligned, None, tok, held, reference_logps=ref_logps, **kw).summary()
 

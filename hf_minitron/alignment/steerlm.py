@@ -103,8 +103,8 @@ def prompt_messages(prompt, row=None, field: str = "prompt") -> list[dict]:
 def assistant_turn(tokenizer, messages: list[dict]) -> AssistantTurn:
     """Render ``messages`` + a sentinel assistant reply with the tokenizer's chat template and split around it.
 
-    Raises :class:`~hf_minitron.errors.ConfigError` when the tokenizer has no chat template or its template has no assistant turn (the
-    sentinel is not rendered, or is rendered with no assistant header before it).
+    Raises :class:`~hf_minitron.errors.ConfigError` when the tokenizer has no chat template or its template has no
+    assistant turn (the sentinel is not rendered, or is rendered with no assistant header before it).
     """
     name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
     if not getattr(tokenizer, "chat_template", None):

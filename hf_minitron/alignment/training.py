@@ -3,8 +3,8 @@
 * :class:`FineTuningArguments`: the fields every fine-tuning stage config adds to the TRL config it subclasses
   (``CorrectTeacherConfig(FineTuningArguments, SFTConfig)``, ...): model, data, product directory, LoRA, held-out
   split, and defaults that run on a laptop as well as on a GPU node (fp32 on CPU, bf16 where the GPU supports it,
-  activation (gradient) checkpointing off, no checkpoints saved, no reporting). When ``learning_rate`` is not given, the stage's
-  table picks it: one rate for full fine-tuning, a larger one for LoRA.
+  activation (gradient) checkpointing off, no checkpoints saved, no reporting). When ``learning_rate`` is not given,
+  the stage's table picks it: one rate for full fine-tuning, a larger one for LoRA.
 * :func:`get_base_model` (the one PEFT unwrap), :func:`merge_lora`, :func:`train_and_merge`, :func:`frozen_copy`.
 * :func:`load_tokenizer`: a model source's tokenizer alone, so data can be checked against it before weights load.
 * :class:`TrainSettings` / :class:`LoraSettings`: deprecated (one release); the stage configs replace them.
