@@ -59,6 +59,11 @@ _LAZY = {
     "run_push": "stages.push",
     "PushConfig": "stages.push",
     "push_folder": "hub",
+    "run_generate_data": "stages.generate_data",
+    "GenerateDataConfig": "stages.generate_data",
+    "generate_records": "generate",
+    "load_prompts": "generate",
+    "builtin_prompts": "prompts",
 }
 
 __all__ = sorted(_LAZY)
