@@ -4,7 +4,6 @@ import json
 import math
 
 import pytest
-import torch
 
 from hf_minitron.cli import main
 from hf_minitron.data import token_blocks
