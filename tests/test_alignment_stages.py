@@ -155,7 +155,7 @@ BAD_INPUTS = [
     ("steerlm", "--data {root}/steer-bad.jsonl", "row 1: attribute 'verbosity'=7"),
     ("steerlm", "--data {root}/steer.jsonl --model {root}/no-template", "no chat template"),
     ("dpo", "--data {root}/pairs-missing.jsonl", "row 0: missing field(s) ['rejected']"),
-    ("dpo", "--data {root}/pairs-long.jsonl --max_length 32", "row 0: the prompt takes"),
+    ("dpo", "--data {root}/pairs-long.jsonl --max_length 32", "every pair's prompt fills max_length=32"),
     ("dpo", "--data {root}/missing.jsonl", "missing.jsonl"),
     ("dpo", "", "data is not set"),
     ("dpo", "--data {root}/pairs.jsonl --output_dir {root}/busy", "not empty"),

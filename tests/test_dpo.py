@@ -133,16 +133,20 @@ def test_cli_dpo_held_out_report(tokenizer, tmp_path, capsys):
 
     src = save_model(tiny_model("llama"), tokenizer, tmp_path / "student")
     data = tmp_path / "pairs.json"
-    data.write_text(json.dumps(sharegpt_pairs(10)))
+    pairs = sharegpt_pairs(10)
+    long_prompt = {**pairs[0], "conversations": [{"from": "human", "value": "Say " + "abc " * 30}]}
+    data.write_text(json.dumps(pairs[:3] + [long_prompt] + pairs[3:]))  # row 3: ~130 prompt tokens
     out = tmp_path / "aligned"
-    assert main(["dpo", "--model", str(src), "--data", str(data), "--output_dir", str(out),
-                 "--held_out_fraction", "0.2", "--max_steps", "2", "--learning_rate", "1e-3",
-                 "--per_device_train_batch_size", "4", "--reference", "precomputed"]) == 0
+    with pytest.warns(UserWarning, match=r"1 of 11 pairs \(rows \[3\]\) have a prompt of max_length=96"):
+        assert main(["dpo", "--model", str(src), "--data", str(data), "--output_dir", str(out),
+                     "--held_out_fraction", "0.2", "--max_steps", "2", "--learning_rate", "1e-3", "--max_length", "96",
+                     "--per_device_train_batch_size", "4", "--reference", "precomputed"]) == 0
     text = capsys.readouterr().out
     result = json.loads(text[text.rindex('{\n  "stage"'):])
     report = result["metrics"]
     assert result["stage"] == "dpo" and result["output_dir"] == str(out)
-    assert report["pairs_train"] == 8 and report["pairs_held_out"] == 2 and report["global_step"] == 2
+    assert report["pairs_train"] == 8 and report["pairs_held_out"] == 2 and report["pairs_skipped_too_long"] == 1
+    assert report["global_step"] == 2
     assert report["held_out_before"]["reward_margin"] == 0.0 == report["held_out_reward_margin_before"]
     assert report["held_out_after"]["reward_margin"] != 0.0
     assert report["held_out_after"]["reward_margin"] == report["held_out_reward_margin_after"]

@@ -48,21 +48,23 @@ def train_dpo(model, tokenizer, data, config=None, *, settings=None, lora=None, 
     return train_and_merge(trainer)[0]
 
 
-def check_room_for_responses(pairs, tokenizer, max_length: int | None) -> None:
-    """Refuse a pair whose prompt alone fills ``max_length`` tokens (truncation would leave no chosen or rejected
-    token, so the pair would teach nothing), and conversational pairs for a tokenizer without a chat template."""
+def pairs_with_room(pairs, tokenizer, max_length: int | None) -> tuple[list, list[int]]:
+    """``(kept, skipped_rows)``: the pairs whose prompt leaves at least one chosen/rejected token within
+    ``max_length`` (TRL's ``DPOTrainer`` drops the others as fully truncated), and the row numbers of the others.
+    Every pair skipped, or conversational pairs for a tokenizer without a chat template, are errors."""
     conversational = isinstance(pairs[0]["prompt"], list)
     if conversational and not getattr(tokenizer, "chat_template", None):
         raise ConfigError("the preference data is conversational (message lists) but the model's tokenizer has no "
                           "chat template; use a chat model or plain-string prompt/chosen/rejected data")
     if max_length is None:
-        return
-    for i, pair in enumerate(pairs):
-        prompt_ids, _ = _encode(tokenizer, pair["prompt"], pair["chosen"])
-        if len(prompt_ids) >= max_length:
-            raise AlignmentDataError(f"row {i}: the prompt takes {len(prompt_ids)} tokens, so max_length={max_length} "
-                                     "would cut every chosen and rejected token; raise max_length above "
-                                     f"{len(prompt_ids)}, or shorten or drop the row")
+        return list(pairs), []
+    lengths = [len(_encode(tokenizer, p["prompt"], p["chosen"])[0]) for p in pairs]
+    skipped = [i for i, n in enumerate(lengths) if n >= max_length]
+    if len(skipped) == len(pairs):
+        raise AlignmentDataError(f"every pair's prompt fills max_length={max_length} (the shortest takes "
+                                 f"{min(lengths)} tokens), so no chosen or rejected token would be trained; raise "
+                                 f"max_length above {min(lengths)}")
+    return [p for i, p in enumerate(pairs) if lengths[i] < max_length], skipped
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -161,17 +161,27 @@ def steerlm_dataset(data, tokenizer, *, attributes: str | Sequence[str] = "helps
         checked.append((messages, response, format_attributes(rec, names, row=i)))
     assistant_turn(tokenizer, checked[0][0])  # template errors before tokenizing anything
     rows = []
-    for i, (messages, response, attr) in enumerate(checked):
+    for messages, response, attr in checked:
         turn = assistant_turn(tokenizer, messages)
         prompt_ids = _encode(tokenizer, turn.prefix + attr + "\n")
         completion_ids = _encode(tokenizer, response + turn.suffix)
-        if max_length is not None and len(prompt_ids) >= max_length:
-            raise AlignmentDataError(f"row {i}: the chat template, prompt and attribute string take "
-                                     f"{len(prompt_ids)} tokens, so max_length={max_length} would cut every response "
-                                     f"token; raise max_length above {len(prompt_ids)}, or shorten or drop the row")
         rows.append({"input_ids": prompt_ids + completion_ids,
                      "completion_mask": [0] * len(prompt_ids) + [1] * len(completion_ids)})
+    if max_length is not None:
+        _check_room_for_responses(rows, max_length)
     return datasets.Dataset.from_list(rows)
+
+
+def _check_room_for_responses(rows: list[dict], max_length: int) -> None:
+    prompt_lengths = [r["completion_mask"].index(1) if 1 in r["completion_mask"] else len(r["input_ids"])
+                      for r in rows]
+    cut = [i for i, n in enumerate(prompt_lengths) if n >= max_length]
+    if cut:
+        i, n = cut[0], prompt_lengths[cut[0]]
+        more = f" (and {len(cut) - 1} more row(s))" if len(cut) > 1 else ""
+        raise AlignmentDataError(f"row {i}{more}: the chat template, prompt and attribute string take {n} tokens, so "
+                                 f"max_length={max_length} would cut every response token; raise max_length above "
+                                 f"{max(prompt_lengths[j] for j in cut)}, or shorten or drop the row(s)")
 
 
 def build_steerlm_trainer(model, tokenizer, data, config=None, *, settings=None, lora=None, **fields):

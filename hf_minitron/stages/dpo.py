@@ -3,6 +3,7 @@ implicit reward margin before and after, the student saved atomically."""
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -33,8 +34,9 @@ class DPOStageConfig(FineTuningArguments, DPOConfig):
         data (`str`):
             Preference pairs: TRL `prompt`/`chosen`/`rejected` (strings or messages) or sharegpt
             `conversations`/`chosen`/`rejected` records (`.jsonl`/`.json`/`.parquet`/`.csv`, a saved dataset directory
-            or a `datasets` name). Every pair is checked before the model loads, including that its prompt leaves
-            room for a response within `max_length`.
+            or a `datasets` name). Every pair is checked before the model loads. Pairs whose prompt alone fills
+            `max_length` (TRL would drop them as fully truncated) are skipped with a warning and counted in the
+            result; when that is every pair, the stage stops.
         limit (`int` or `None`, *optional*, defaults to `None`):
             Use only the first N pairs.
         held_out_fraction (`float`, *optional*, defaults to `0.0`):
@@ -101,7 +103,7 @@ class DPOStageConfig(FineTuningArguments, DPOConfig):
 
 @dataclass
 class DPOResult(StageResult):
-    """``metrics``: ``pairs_train``, ``pairs_held_out``; with a held-out split ``held_out_reward_margin_before``/
+    """``metrics``: ``pairs_train``, ``pairs_held_out``, ``pairs_skipped_too_long``; with a held-out split ``held_out_reward_margin_before``/
     ``_after`` (nats, mean of ``beta * (log pi/ref (chosen) - log pi/ref (rejected))``), ``held_out_before``/
     ``_after`` (margin, accuracy, chosen/rejected log-probs); ``train_loss``, ``global_step``."""
 
@@ -111,10 +113,10 @@ def run_dpo(config: DPOStageConfig) -> DPOResult:
     """DPO-align ``config.model`` on ``config.data``; save it to ``config.output_dir``.
 
     Checked before the model loads: the output and checkpoint directories, the model's files, every pair, and with
-    the tokenizer alone that each prompt leaves room for a response within ``max_length``.
+    the tokenizer alone which prompts leave room for a response within ``max_length`` (the others are skipped).
     """
     from ..alignment.data import load_preference_data
-    from ..alignment.dpo import build_dpo_trainer, check_room_for_responses, preference_logps, preference_stats
+    from ..alignment.dpo import build_dpo_trainer, pairs_with_room, preference_logps, preference_stats
     from ..alignment.training import load_tokenizer, split_held_out_records, train_and_merge
     from ..loading import check_model_source, load_causal_lm, save_model
     from ..outputs import check_output_dir
@@ -126,11 +128,16 @@ def run_dpo(config: DPOStageConfig) -> DPOResult:
     check_model_source(config.model, trust_remote_code=config.trust_remote_code, need_adapter=False)
     pairs = list(load_preference_data(config.data, limit=config.limit))
     tokenizer = load_tokenizer(config.model, trust_remote_code=config.trust_remote_code)
-    check_room_for_responses(pairs, tokenizer, config.max_length)
+    pairs, skipped = pairs_with_room(pairs, tokenizer, config.max_length)
+    if skipped:
+        warnings.warn(f"dpo: {len(skipped)} of {len(pairs) + len(skipped)} pairs (rows {skipped[:5]}"
+                      f"{' ...' if len(skipped) > 5 else ''}) have a prompt of max_length={config.max_length} tokens "
+                      "or more and are skipped (no response token would be trained); raise max_length to keep them",
+                      stacklevel=2)
     train, held = split_held_out_records(pairs, config.held_out_fraction)
 
     model, _ = load_causal_lm(config.model, trust_remote_code=config.trust_remote_code, tokenizer=False)
-    metrics = {"pairs_train": len(train), "pairs_held_out": len(held)}
+    metrics = {"pairs_train": len(train), "pairs_held_out": len(held), "pairs_skipped_too_long": len(skipped)}
     kw = dict(max_length=config.max_length, batch_size=config.per_device_eval_batch_size)
     if held:  # the student before DPO is the reference: keep its log-probs, not a copy of the model
         ref_logps = preference_logps(model, tokenizer, held, **kw)
