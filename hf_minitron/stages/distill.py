@@ -89,7 +89,7 @@ class DistillStageConfig(DistillationConfig):
     def _defaults_from_cache(self) -> None:
         """With a teacher cache: ``kd_loss='topk_kl'`` unless another loss was chosen, and the cache's sequence
         length when ``max_length`` is unset."""
-        from ..teacher_cache import TeacherCache
+        from ..distill.teacher_cache import TeacherCache
 
         if self.kd_loss == "forward_kl":
             self.kd_loss = "topk_kl"
