@@ -9,7 +9,10 @@ import torch
 import torch.distributed as dist
 
 from hf_minitron.importance import estimate_importance
-from hf_minitron.testing import TINY_VOCAB, tiny_model
+from hf_minitron.testing import TINY_VOCAB, tiny_model, tiny_tokenizer
+
+DOCS = ["first calibration document", "a", "the second, somewhat longer, calibration document", "third",
+        "fourth document of the set", "fifth " * 7, "the sixth"]
 
 
 def calibration() -> torch.Tensor:
@@ -18,6 +21,13 @@ def calibration() -> torch.Tensor:
 
 def score(model):
     return estimate_importance(model, calibration(), batch_size=2, block_sizes=(2,), loss_num_samples=5)
+
+
+def score_documents(model):
+    """Texts as one sample per document (the default): rank r scores documents r, r + world, ... of the
+    length-sorted set."""
+    return estimate_importance(model, DOCS, tokenizer=tiny_tokenizer(), seq_len=24, batch_size=2,
+                               depth_criteria=("block_influence", "lm_loss"), loss_num_samples=4)
 
 
 def main(out_dir: str) -> None:
@@ -31,8 +41,10 @@ def main(out_dir: str) -> None:
     dist.all_gather(gathered, flat)
     assert all(torch.equal(g, gathered[0]) for g in gathered), "ranks disagree"
     assert scores.manifest["calibration"]["world_size"] == world
+    docs = score_documents(tiny_model("qwen3"))
     if rank == 0:
         scores.save(out_dir)
+        docs.save(out_dir + "-documents")
     dist.barrier()
     dist.destroy_process_group()
 

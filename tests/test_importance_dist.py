@@ -17,7 +17,7 @@ WORKER = Path(__file__).with_name("dist_importance_worker.py")
 
 def test_two_ranks_reduce_to_the_single_process_scores(tmp_path):
     sys.path.insert(0, str(WORKER.parent))
-    from dist_importance_worker import score
+    from dist_importance_worker import score, score_documents
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(WORKER.parent)}
     with socket.socket() as sock:  # a free port for the rendezvous
@@ -37,4 +37,14 @@ def test_two_ranks_reduce_to_the_single_process_scores(tmp_path):
     for name in single.depth:
         torch.testing.assert_close(distributed.depth[name], single.depth[name], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(distributed.block_losses[2], single.block_losses[2], rtol=1e-6, atol=1e-6)
+    assert distributed.base_loss == pytest.approx(single.base_loss, rel=1e-6)
+    # documents (the default calibration rows) shard the same way
+    distributed = ImportanceScores.load(str(tmp_path / "scores") + "-documents", model=model)
+    single = score_documents(model)
+    assert distributed.manifest["calibration"]["samples"] == single.manifest["calibration"]["samples"] == 6
+    assert distributed.manifest["calibration"]["fingerprint"] == single.manifest["calibration"]["fingerprint"]
+    for name in ("heads", "neurons", "channels"):
+        torch.testing.assert_close(getattr(distributed, name), getattr(single, name), rtol=1e-5, atol=1e-7)
+    for name in ("block_influence", "lm_loss"):
+        torch.testing.assert_close(distributed.depth[name], single.depth[name], rtol=1e-5, atol=1e-6)
     assert distributed.base_loss == pytest.approx(single.base_loss, rel=1e-6)
