@@ -2,12 +2,14 @@
 
     python benchmarks/importance.py [--model DIR] [--num-samples 4] [--seq-len 256] [--rounds 2]
 
-Times, on the same packed calibration batches, (a) a bare forward (``use_cache=False``, no grad), (b) the scoring pass
-(width scores + Block Influence, the default hooks) and (c) width scores only, interleaved batch by batch for
-``--rounds`` rounds; prints tokens/s and the ratio (target <= 1.10). Then reports the optional depth passes separately: the LM-loss
-criterion (one pass per layer over ``--loss-num-samples`` blocks) and the contiguous-block search for
-``--block-size`` layers (one pass per start position), as seconds and as multiples of a bare forward over the same
-blocks.
+Times, on the same packed calibration batches, (a) a bare forward of the whole model (``use_cache=False``, no grad),
+(a') a bare forward of the decoder alone (no LM head), (b) the scoring pass (the decoder with the default hooks: width
+scores + Block Influence; it never runs the LM head) and (c) width scores only, interleaved batch by batch for
+``--rounds`` rounds; prints tokens/s and the ratios (target <= 1.10 against the bare forward; the ratio against the
+bare decoder is the hooks' own cost). Then reports the opt-in depth passes separately: the LM-loss criterion (one pass
+per layer over ``--loss-num-samples`` blocks, the loss through the LM head in token chunks) and the contiguous-block
+search for ``--block-size`` layers (one pass per start position), as seconds and as multiples of a bare forward over
+the same blocks.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import torch
 
+from hf_minitron.arch import get_adapter
 from hf_minitron.data import load_texts, token_blocks
 from hf_minitron.importance import estimate_importance
 from hf_minitron.loading import load_causal_lm
@@ -34,6 +37,13 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 def bare_forward(model, blocks, batch_size):
     for start in range(0, blocks.shape[0], batch_size):
         model(input_ids=blocks[start : start + batch_size], use_cache=False)
+
+
+@torch.no_grad()
+def bare_decoder(model, blocks, batch_size):
+    decoder = get_adapter(model).decoder
+    for start in range(0, blocks.shape[0], batch_size):
+        decoder(input_ids=blocks[start : start + batch_size], use_cache=False)
 
 
 def timed(fn):
@@ -68,19 +78,21 @@ def main():
 
     bare_forward(model, blocks[: args.batch_size], args.batch_size)  # warm-up
     # Interleave the three passes batch by batch so that load changes on a shared machine hit them alike.
-    b = s = w = 0.0
+    b = d = s = w = 0.0
     kw = dict(batch_size=args.batch_size, num_samples=None)
     for _ in range(args.rounds):
         for start in range(0, blocks.shape[0], args.batch_size):
             batch = blocks[start : start + args.batch_size]
             b += timed(lambda: bare_forward(model, batch, args.batch_size))
+            d += timed(lambda: bare_decoder(model, batch, args.batch_size))
             s += timed(lambda: estimate_importance(model, batch, depth_criteria=("block_influence",), **kw))
             w += timed(lambda: estimate_importance(model, batch, depth_criteria=(), **kw))
     tokens *= args.rounds
-    print("| pass | tokens/s | time (s) | vs bare forward |\n|---|---|---|---|")
-    print(f"| bare forward | {tokens / b:.0f} | {b:.2f} | 1.00x |")
-    print(f"| scoring: width + Block Influence (default hooks) | {tokens / s:.0f} | {s:.2f} | {s / b:.3f}x |")
-    print(f"| scoring: width only | {tokens / w:.0f} | {w:.2f} | {w / b:.3f}x |")
+    print("| pass | tokens/s | time (s) | vs bare forward | vs bare decoder |\n|---|---|---|---|---|")
+    print(f"| bare forward (decoder + LM head) | {tokens / b:.0f} | {b:.2f} | 1.00x | {b / d:.3f}x |")
+    print(f"| bare decoder | {tokens / d:.0f} | {d:.2f} | {d / b:.3f}x | 1.00x |")
+    print(f"| scoring: width + Block Influence (default) | {tokens / s:.0f} | {s:.2f} | {s / b:.3f}x | {s / d:.3f}x |")
+    print(f"| scoring: width only | {tokens / w:.0f} | {w:.2f} | {w / b:.3f}x | {w / d:.3f}x |")
 
     if args.skip_depth:
         return

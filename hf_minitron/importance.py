@@ -396,8 +396,8 @@ def scoring_memory(model_or_config, batch_size: int, seq_len: int, dtype: torch.
     if hasattr(model_or_config, "parameters"):
         weights = sum(p.numel() * p.element_size() for p in {id(p): p for p in model_or_config.parameters()}.values())
     else:
-        attn = H * d * (2 * nH + 2 * nKV)
-        weights = b * (L * (attn + 3 * H * I + 2 * H) + V * H * (1 if getattr(config, "tie_word_embeddings", True) else 2))
+        heads = 1 if getattr(config, "tie_word_embeddings", True) else 2
+        weights = b * (L * (H * d * (2 * nH + 2 * nKV) + 3 * H * I + 2 * H) + heads * V * H)
     mlp = 2 * H + 3 * I
     attention = 2 * H + (nH + 2 * nKV) * d + 3 * nH * d
     upcast = 0 if b >= 4 else 3 * H  # fp32 copies in the norms and the cosine hook
@@ -428,12 +428,14 @@ def available_memory(device: torch.device | str | None = None) -> int:
 
 
 def fit_batch_size(model, seq_len: int, *, dtype: torch.dtype | None = None, lm_loss: bool = False,
-                   available: int | None = None, fraction: float = 0.8, max_batch_size: int = 1024) -> int:
+                   attention_mask: bool = False, available: int | None = None, fraction: float = 0.8,
+                   max_batch_size: int = 1024) -> int:
     """The largest batch (<= ``max_batch_size``) whose :func:`scoring_memory` transient part fits in ``fraction``
     of the memory available on the model's device (or of ``available`` bytes); at least 1."""
     if available is None:
         available = available_memory(next(model.parameters()).device)
-    one, two = (scoring_memory(model, n, seq_len, dtype, lm_loss=lm_loss).transient for n in (1, 2))
+    one, two = (scoring_memory(model, n, seq_len, dtype, lm_loss=lm_loss, attention_mask=attention_mask).transient
+                for n in (1, 2))
     per_sample, fixed = two - one, 2 * one - two  # the estimate is linear in the batch
     fit = int((fraction * available - fixed) // max(per_sample, 1))
     return max(1, min(max_batch_size, fit))
@@ -445,7 +447,7 @@ def _check_memory(model, batch_size: int, seq_len: int, lm_loss: bool, masked: b
     need = scoring_memory(model, batch_size, seq_len, lm_loss=lm_loss, attention_mask=masked)
     free = available_memory(device)
     if need.transient > free:
-        fit = fit_batch_size(model, seq_len, lm_loss=lm_loss, available=free)
+        fit = fit_batch_size(model, seq_len, lm_loss=lm_loss, attention_mask=masked, available=free)
         raise ScoringMemoryError(
             f"batch_size={batch_size} x seq_len={seq_len} needs about {need.describe()}, but only "
             f"{free / (1 << 30):.2f} GiB is available on {device} beyond the loaded model; pass batch_size={fit} "
