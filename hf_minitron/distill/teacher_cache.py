@@ -36,6 +36,8 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from ..errors import MinitronError
+
 FORMAT_VERSION = 1
 SETTINGS_FILE = "settings.json"
 MANIFEST_FILE = "manifest.json"
@@ -44,7 +46,7 @@ LOGPROB_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 TEACHER_KEYS = ("teacher_topk_ids", "teacher_topk_logprobs", "teacher_tail_logmass")
 
 
-class TeacherCacheError(ValueError):
+class TeacherCacheError(MinitronError, ValueError):
     """A cache that cannot be used: incomplete, corrupt, or built with other settings than asked for."""
 
 
