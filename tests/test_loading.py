@@ -5,7 +5,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from hf_minitron.loading import ModelSourceError, check_output_dir, load_causal_lm, save_model
-from hf_minitron.testing import TINY_VOCAB, tiny_model
+from hf_minitron.testing import TINY_VOCAB, tiny_model, tiny_tokenizer
 
 from conftest import random_ids
 
@@ -82,3 +82,32 @@ def test_trust_remote_code_is_off_by_default():
     import inspect
 
     assert inspect.signature(load_causal_lm).parameters["trust_remote_code"].default is False
+
+
+def test_saved_output_gets_normal_permissions_and_stale_temporaries_are_removed(tmp_path):
+    """A save gives the directory `save_pretrained`'s permissions (0o777 & ~umask, not mkdtemp's 0o700), and removes
+    the hidden temporaries a killed save of the same output left behind once they are old (a fresh one is left
+    alone: it may be a concurrent writer's)."""
+    import os
+    import time
+
+    from hf_minitron.outputs import STALE_AFTER_S
+
+    old_mask = os.umask(0o022)
+    try:
+        stale = tmp_path / ".student.tmp-killed"
+        stale.mkdir()
+        (stale / "model.safetensors").write_bytes(b"x" * 1024)
+        past = time.time() - STALE_AFTER_S - 60
+        os.utime(stale, (past, past))
+        fresh = tmp_path / ".student.tmp-running"
+        fresh.mkdir()
+        other = tmp_path / ".teacher.tmp-killed"
+        other.mkdir()
+        os.utime(other, (past, past))
+        out = save_model(tiny_model("llama"), tiny_tokenizer(), tmp_path / "student")
+        assert (out.stat().st_mode & 0o777) == 0o755
+        assert not stale.exists() and fresh.exists() and other.exists()
+        assert sorted(p.name for p in tmp_path.iterdir()) == [".student.tmp-running", ".teacher.tmp-killed", "student"]
+    finally:
+        os.umask(old_mask)
