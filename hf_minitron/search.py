@@ -297,6 +297,7 @@ def distilled_losses(teacher, tokenizer, scores, candidates: Sequence[Candidate]
     from .pruning import prune_model
 
     train = datasets.Dataset.from_dict({"input_ids": train_blocks.tolist()})
+    trainable = [p.requires_grad for p in teacher.parameters()]  # the trainer freezes the teacher; restored below
     out = []
     for k, cand in enumerate(candidates, start=1):
         torch.manual_seed(args.seed)
@@ -312,6 +313,8 @@ def distilled_losses(teacher, tokenizer, scores, candidates: Sequence[Candidate]
         _say(progress, f"search: distilled {k}/{len(candidates)}: {_shown(cand.architecture)} loss "
                        f"{out[-1][0]:.4f} ({seconds:.0f}s)")
     teacher.eval()
+    for p, flag in zip(teacher.parameters(), trainable):
+        p.requires_grad_(flag)
     return out
 
 

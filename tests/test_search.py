@@ -175,6 +175,7 @@ def test_distillation_rerank_is_reproducible_and_chooses_the_best(tmp_path, toke
     outcome = search_architectures(model, scores, blocks, budget=count_parameters(model)[1] // 2, tolerance=0.1,
                                    width_multiple=16, top_n=3, train_blocks=train, distill_args=args,
                                    tokenizer=tokenizer)
+    assert all(p.requires_grad for p in model.parameters())  # the teacher is handed back as it came
     top = sorted([c for c in outcome.candidates if c.distill_rank is not None], key=lambda c: c.zero_shot_rank)
     assert [c.zero_shot_rank for c in top] == [1, 2, 3]
     for cand in top:
