@@ -38,6 +38,12 @@ def test_wheel_contents(tmp_path):
     ), tops
     assert "hf_minitron/kernels/__init__.py" in names
     assert "hf_minitron/model_cards/minitron.md" in names
+    # every subpackage of the source tree is in the wheel (a package missing from pyproject's list would not be)
+    for init in (REPO_ROOT / "hf_minitron").rglob("__init__.py"):
+        rel = init.relative_to(REPO_ROOT).as_posix()
+        assert rel in names, f"{rel} is missing from the wheel: add its package to pyproject.toml's `packages`"
+    for data in (REPO_ROOT / "hf_minitron" / "prompts").glob("*.jsonl"):
+        assert data.relative_to(REPO_ROOT).as_posix() in names, data
     entry_points = [n for n in names if n.endswith("entry_points.txt")]
     text = zipfile.ZipFile(wheel).read(entry_points[0]).decode()
     assert "hf-minitron = hf_minitron.cli:main" in text
@@ -48,3 +54,8 @@ def test_every_public_name_resolves():
 
     for name in hf_minitron.__all__:
         assert getattr(hf_minitron, name) is not None, name
+    # a submodule that shares a function's name would replace it on its package once imported
+    import hf_minitron.stages.evaluate  # noqa: F401  (imports the evaluation submodules)
+    from hf_minitron.evaluation import mean_nll, perplexity
+
+    assert callable(perplexity) and callable(mean_nll)

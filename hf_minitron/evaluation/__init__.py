@@ -6,6 +6,6 @@ throughput), :mod:`.toolcall` (tool-call validity), :mod:`.harness` (lm-eval on 
 (``eval.json`` + ``eval.md``). The ``eval`` stage (:mod:`hf_minitron.stages.evaluate`) runs them.
 """
 
-from .perplexity import eval_windows, evaluate_perplexity, mean_nll, perplexity, windows_fingerprint
+from .windows import eval_windows, evaluate_perplexity, mean_nll, perplexity, windows_fingerprint
 
 __all__ = ["eval_windows", "evaluate_perplexity", "mean_nll", "perplexity", "windows_fingerprint"]

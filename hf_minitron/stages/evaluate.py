@@ -198,7 +198,7 @@ def _read_inputs(config: EvalConfig):
 
 def _evaluate_model(config: EvalConfig, model, tokenizer, name: str, texts, turns, prompts) -> dict:
     from ..evaluation.harness import run_lm_eval
-    from ..evaluation.perplexity import eval_windows, evaluate_perplexity
+    from ..evaluation.windows import eval_windows, evaluate_perplexity
     from ..evaluation.speed import generation_throughput, parameter_counts
     from ..evaluation.toolcall import evaluate_toolcalls
 
