@@ -30,6 +30,15 @@ def assets(tmp_path_factory):
     gpt2.mkdir()
     (gpt2 / "config.json").write_text(json.dumps({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}))
     tok.save_pretrained(gpt2)
+    other = root / "other_tok"
+    model.save_pretrained(other)
+    tok.save_pretrained(other)
+    vocab_file = other / "tokenizer.json"
+    spec = json.loads(vocab_file.read_text())
+    vocab = spec["model"]["vocab"]
+    a, b = sorted(vocab, key=vocab.get)[10:12]
+    vocab[a], vocab[b] = vocab[b], vocab[a]  # two ids swapped: a different token -> id map
+    vocab_file.write_text(json.dumps(spec))
     (root / "docs.txt").write_text("\n".join(f"document {i} about pruning and distillation" for i in range(40)))
     (root / "empty.txt").write_text("\n\n")
     (root / "binary.txt").write_bytes(b"\x00\x01\x02binary\x00" * 10)
@@ -104,6 +113,8 @@ CASES = [
     ("config-invalid-yaml", f"importance {M} --config {{r}}/broken.yaml --output_dir {{o}}", ["broken.yaml", "YAML"]),
     ("config-unknown-key", f"importance {M} --config {{r}}/unknown_key.yaml --output_dir {{o}}", ["num_sampels", "num_samples"]),
     ("int-flag-not-int", f"importance {M} {D} --output_dir {{o}} --num_samples many", ["num_samples", "many"]),
+    ("distill-tokenizers-differ", "distill --student {r}/other_tok --teacher {r}/model --data {r}/docs.txt "
+     "--output_dir {o} --use_cpu", ["student and teacher", "tokenizer"]),
     # --- pruning targets ---
     ("prune-no-target", "prune --model {r}/model --output_dir {o}", ["no target given"]),
     ("prune-too-wide", "prune --model {r}/model --drop_layers 1 --hidden_size 80 --output_dir {o}",

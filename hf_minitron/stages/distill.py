@@ -136,6 +136,24 @@ def check_max_length(student: str, max_length: int | None) -> None:
                           f"model was not built for those positions; set max_length <= {limit}")
 
 
+def check_tokenizers_match(student: str, teacher: str, *, trust_remote_code: bool = False) -> None:
+    """Refuse a student and a teacher whose tokenizers differ, from their tokenizer files alone (no weights), when
+    both are model folders (a GGUF or Hub teacher is checked by the trainer once loaded)."""
+    from transformers import AutoTokenizer
+
+    from ..distill.checks import check_same_tokenizer
+    from ..loading import resolve_source
+
+    paths = [resolve_source(student), resolve_source(teacher)]
+    if not all(isinstance(p, Path) and p.is_dir() for p in paths):
+        return
+    toks = [AutoTokenizer.from_pretrained(str(p), trust_remote_code=trust_remote_code) for p in paths]
+    try:
+        check_same_tokenizer(*toks)
+    except ValueError as err:
+        raise ConfigError(f"student and teacher: {err}") from None
+
+
 def load_training_data(config: DistillStageConfig):
     """The training set as a ``datasets.Dataset`` ``SFTTrainer`` prepares itself (validated before models load)."""
     from ..distill.data import load_sft_dataset
@@ -164,6 +182,8 @@ def run_distill(config: DistillStageConfig) -> DistillResult:
         check_model_source(config.teacher, role="teacher", trust_remote_code=config.trust_remote_code,
                            need_adapter=False)
     check_max_length(config.student, config.max_length)
+    if config.teacher_cache is None:
+        check_tokenizers_match(config.student, config.teacher, trust_remote_code=config.trust_remote_code)
     dataset = load_training_data(config) if config.teacher_cache is None else None
 
     args = config.trainer_args()
