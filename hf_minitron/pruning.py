@@ -222,35 +222,62 @@ def _channel_rows(units: list[int] | None, width: int) -> torch.Tensor | None:
     return (torch.tensor(units)[:, None] * width + torch.arange(width)[None, :]).flatten()
 
 
-@torch.no_grad()
-def _pruned_state_dict(model, plan: PruningPlan) -> dict[str, torch.Tensor]:
+@dataclass(frozen=True)
+class TensorRule:
+    """How one tensor of the pruned model is made from one tensor of the source (:func:`apply_rule`).
+
+    ``source``: the source state-dict key. ``rows``/``cols``: indices kept along dims 0/1 (``None``: all). A hidden-size
+    norm (``norm_offset`` set) becomes ``(offset + w)[rows] * scale - offset``, computed in fp32; any other tensor is
+    sliced and, when ``scale != 1`` (a scaled embedding), multiplied by ``scale`` in fp32. ``tied_to``: the pruned
+    key this tensor is tied to (an LM head tied to the embedding), made once and shared, never written twice.
+    """
+
+    source: str
+    rows: torch.Tensor | None = None
+    cols: torch.Tensor | None = None
+    scale: float = 1.0
+    norm_offset: float | None = None
+    tied_to: str | None = None
+
+
+def apply_rule(rule: TensorRule, tensor: torch.Tensor) -> torch.Tensor:
+    """The pruned tensor ``rule`` makes from the source ``tensor``: the one slicing step of both the in-memory
+    (:func:`prune_model` on a model) and the shard-streamed (:func:`hf_minitron.streaming.prune_checkpoint`) paths, so
+    their outputs agree byte for byte. May return ``tensor`` itself when nothing changes."""
+    if rule.norm_offset is not None:
+        eff = tensor.float() + rule.norm_offset
+        if rule.rows is not None:
+            eff = eff.index_select(0, rule.rows.to(eff.device))
+        return (eff * rule.scale - rule.norm_offset).to(tensor.dtype)
+    out = tensor
+    if rule.rows is not None:
+        out = out.index_select(0, rule.rows.to(out.device))
+    if rule.cols is not None:
+        out = out.index_select(1, rule.cols.to(out.device))
+    return (out.float() * rule.scale).to(out.dtype) if rule.scale != 1.0 else out
+
+
+def pruning_rules(model, plan: PruningPlan) -> dict[str, TensorRule]:
+    """``{pruned key: rule}`` for every tensor of the pruned model's state dict (kept layers renumbered), from the
+    source model's structure alone: ``model`` may hold its parameters on the meta device."""
     a = get_adapter(model)
     src = a.sizes()
     names = {id(m): n for n, m in model.named_modules()}
-    sd = dict(model.state_dict(keep_vars=False))
-    new: dict[str, torch.Tensor] = {}
+    rules: dict[str, TensorRule] = {}
     ch = None if plan.channels is None else torch.tensor(plan.channels)
 
-    def put_linear(linear: nn.Linear, rows: torch.Tensor | None, cols: torch.Tensor | None):
-        w = linear.weight
-        if rows is not None:
-            w = w.index_select(0, rows.to(w.device))
-        if cols is not None:
-            w = w.index_select(1, cols.to(w.device))
-        new[names[id(linear)] + ".weight"] = w
+    def linear_rules(linear: nn.Linear, rows: torch.Tensor | None, cols: torch.Tensor | None):
+        name = names[id(linear)]
+        rules[name + ".weight"] = TensorRule(name + ".weight", rows=rows, cols=cols)
         if linear.bias is not None:
-            b = linear.bias if rows is None else linear.bias.index_select(0, rows.to(linear.bias.device))
-            new[names[id(linear)] + ".bias"] = b
+            rules[name + ".bias"] = TensorRule(name + ".bias", rows=rows)
 
-    ratio = 1.0 if ch is None else src.hidden_size / len(plan.channels)
+    norm_scale = math.sqrt(1.0 if ch is None else src.hidden_size / len(plan.channels))
 
-    def put_norm(norm: nn.Module, scale: float):
-        eff = a.effective_norm_weight(norm)
-        if ch is not None:
-            eff = eff.index_select(0, ch.to(eff.device))
-        new[names[id(norm)] + ".weight"] = (eff * scale - a.norm_weight_offset).to(norm.weight.dtype)
+    def norm_rule(norm: nn.Module, scale: float):
+        key = names[id(norm)] + ".weight"
+        rules[key] = TensorRule(key, rows=ch, scale=scale, norm_offset=a.norm_weight_offset)
 
-    norm_scale = math.sqrt(ratio)
     for i in plan.kept_layers:
         attn, mlp = a.attention(i), a.mlp(i)
         q_idx = _channel_rows(None if plan.heads is None else plan.heads[i], src.head_dim)
@@ -261,36 +288,45 @@ def _pruned_state_dict(model, plan: PruningPlan) -> dict[str, torch.Tensor]:
                              [n_idx for s in (mlp.gate, mlp.up) if s is not None]))
         for linear, rows in readers.values():
             all_rows = torch.cat(rows)
-            put_linear(linear, None if all_rows.numel() == linear.out_features and torch.equal(
-                all_rows, torch.arange(linear.out_features)) else all_rows, ch)
-        put_linear(attn.o, ch, q_idx)
-        put_linear(mlp.down, ch, n_idx)
+            keep_all = all_rows.numel() == linear.out_features and torch.equal(all_rows, torch.arange(linear.out_features))
+            linear_rules(linear, None if keep_all else all_rows, ch)
+        linear_rules(attn.o, ch, q_idx)
+        linear_rules(mlp.down, ch, n_idx)
         for norm in a.hidden_norms(i):
-            put_norm(norm, norm_scale)
+            norm_rule(norm, norm_scale)
 
-    emb = a.embed_tokens
+    emb_key = names[id(a.embed_tokens)] + ".weight"
     emb_ratio = a.embedding_scale() / a.embedding_scale(plan.sizes["hidden_size"])
-    w = emb.weight if ch is None else emb.weight.index_select(1, ch.to(emb.weight.device))
-    new[names[id(emb)] + ".weight"] = (w.float() * emb_ratio).to(w.dtype) if emb_ratio != 1.0 else w
-    put_norm(a.final_norm, norm_scale / (emb_ratio if a.tied_embeddings else 1.0))
-    head_name = names[id(a.lm_head)] + ".weight"
+    rules[emb_key] = TensorRule(emb_key, cols=ch, scale=emb_ratio)
+    norm_rule(a.final_norm, norm_scale / (emb_ratio if a.tied_embeddings else 1.0))
+    head_key = names[id(a.lm_head)] + ".weight"
     if a.tied_embeddings:
-        new[head_name] = new[names[id(emb)] + ".weight"]
+        rules[head_key] = TensorRule(emb_key, tied_to=emb_key)
     else:
-        put_linear(a.lm_head, None, ch)
+        linear_rules(a.lm_head, None, ch)
 
     # everything else is copied; layers are renumbered
     layers_prefix = names[id(a.layers)] + "."
     renumber = {old: k for k, old in enumerate(plan.kept_layers)}
-    out: dict[str, torch.Tensor] = {}
-    for key, value in sd.items():
-        tensor = new.get(key, value)
+    out: dict[str, TensorRule] = {}
+    for key in model.state_dict(keep_vars=True):
+        rule = rules.get(key, TensorRule(key))
         if key.startswith(layers_prefix):
             old, rest = key[len(layers_prefix):].split(".", 1)
             if int(old) not in renumber:
                 continue
             key = f"{layers_prefix}{renumber[int(old)]}.{rest}"
-        out[key] = tensor
+        out[key] = rule
+    return out
+
+
+@torch.no_grad()
+def _pruned_state_dict(model, plan: PruningPlan) -> dict[str, torch.Tensor]:
+    rules = pruning_rules(model, plan)
+    sd = dict(model.state_dict(keep_vars=False))
+    out = {key: apply_rule(rule, sd[rule.source]) for key, rule in rules.items() if rule.tied_to is None}
+    out.update({key: out[rule.tied_to] for key, rule in rules.items() if rule.tied_to is not None})
+    out = {key: out[key] for key in rules}  # the source's key order
     # no storage is shared with the source model
     source_ptrs = {t.data_ptr() for t in sd.values()}
     return {k: (v.clone() if v.data_ptr() in source_ptrs else v) for k, v in out.items()}
@@ -305,7 +341,18 @@ def prune_model(model, targets, scores: ImportanceScores | str | os.PathLike | N
     The source model is not modified. Every target is validated before any work. With ``out_dir``, the pruned model
     (and ``tokenizer``) is written with the atomic :func:`~hf_minitron.loading.save_model`. The result lives on the
     source model's device (on CPU when the source is spread over several devices).
+
+    ``model`` may instead be a safetensors checkpoint (a directory path or Hub id, as a ``str`` or path): it is then
+    pruned tensor by tensor into ``out_dir`` (required) without loading it, by
+    :func:`hf_minitron.streaming.prune_checkpoint`, and the output directory is returned.
     """
+    if isinstance(model, (str, os.PathLike)):
+        from .streaming import prune_checkpoint
+
+        if out_dir is None:
+            raise ValueError(f"prune_model({str(model)!r}, ...) streams the checkpoint's shards into out_dir; pass "
+                             "out_dir=DIR (or load the model first to prune it in memory)")
+        return prune_checkpoint(model, targets, scores, out_dir, tokenizer=tokenizer, overwrite=overwrite)
     if out_dir is not None:
         check_output_dir(out_dir, overwrite=overwrite)
     if isinstance(scores, (str, os.PathLike)):
@@ -329,4 +376,5 @@ def prune_model(model, targets, scores: ImportanceScores | str | os.PathLike | N
     return pruned
 
 
-__all__ = ["DEPTH_PREFERENCE", "PruningPlan", "PruningTargets", "plan_pruning", "prune_model"]
+__all__ = ["DEPTH_PREFERENCE", "PruningPlan", "PruningTargets", "TensorRule", "apply_rule", "plan_pruning",
+           "prune_model", "pruning_rules"]

@@ -155,7 +155,8 @@ def test_source_model_is_untouched_and_shares_no_storage():
 
 def test_depth_criteria_choose_the_layers_their_scores_say():
     model = tiny_model("llama")
-    scores = estimate_importance(model, random_ids(TINY_VOCAB, batch=3), block_sizes=(2,))
+    scores = estimate_importance(model, random_ids(TINY_VOCAB, batch=3), depth_criteria=("block_influence", "lm_loss"),
+                                 block_sizes=(2,))
     plan = plan_pruning(model, {"num_hidden_layers": 2}, scores)  # default: Block Influence (see DEPTH_PREFERENCE)
     assert plan.depth_criterion == "block_influence"
     assert plan.dropped_layers == sorted(scores.depth["block_influence"].argsort()[:2].tolist())
