@@ -53,6 +53,8 @@ _LAZY = {
     "ImportanceScores": "importance",
     "prune_model": "pruning",
     "PruningTargets": "pruning",
+    "estimate_importance_streamed": "streaming",
+    "prune_checkpoint": "streaming",
     "choose_widths": "search",
     "search_architectures": "search",
     "enumerate_architectures": "search",
