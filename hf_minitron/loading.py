@@ -134,7 +134,7 @@ def load_causal_lm(
     the quantizer state is removed, so the model trains and ``save_pretrained`` writes a clean config.
     ``trust_remote_code`` stays off unless the caller turns it on.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     resolved = resolve_source(source)
     kwargs = dict(trust_remote_code=trust_remote_code, revision=revision)
@@ -156,10 +156,31 @@ def load_causal_lm(
     if device is not None and device_map is None:
         model.to(device)
     model.config.name_or_path = str(source) if source is not None else DEFAULT_TEACHER_NAME
-    tok = AutoTokenizer.from_pretrained(load_dir, **kwargs) if tokenizer else None
-    if tok is not None and tok.pad_token is None and tok.eos_token is not None:
-        tok.pad_token = tok.eos_token
+    tok = load_tokenizer(source, trust_remote_code=trust_remote_code, revision=revision) if tokenizer else None
     return model, tok
+
+
+def get_base_model(model):
+    """The ``*ForCausalLM`` inside a PEFT wrapper (``PeftModel`` -> ``LoraModel`` -> model), or ``model`` itself: the
+    one PEFT unwrap of the library (adapters, distillation checks and trainers use it)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def load_tokenizer(source, *, trust_remote_code: bool = False, revision: str | None = None):
+    """The tokenizer of a model source (Hub id, directory or ``.gguf``) without its weights; ``pad_token`` falls back
+    to ``eos_token``. :func:`load_causal_lm` loads its tokenizer through this."""
+    from transformers import AutoTokenizer
+
+    resolved = resolve_source(source)
+    kwargs = dict(trust_remote_code=trust_remote_code, revision=revision)
+    if isinstance(resolved, Path) and resolved.is_file():
+        load_dir, kwargs["gguf_file"] = str(resolved.parent), resolved.name
+    else:
+        load_dir = str(resolved)
+    tok = AutoTokenizer.from_pretrained(load_dir, **kwargs)
+    if tok.pad_token is None and tok.eos_token is not None:
+        tok.pad_token = tok.eos_token
+    return tok
 
 
 def _probe_logits(model, vocab_size: int) -> torch.Tensor:

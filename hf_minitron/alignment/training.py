@@ -5,8 +5,7 @@
   split, and defaults that run on a laptop as well as on a GPU node (fp32 on CPU, bf16 where the GPU supports it,
   activation (gradient) checkpointing off, no checkpoints saved, no reporting). When ``learning_rate`` is not given,
   the stage's table picks it: one rate for full fine-tuning, a larger one for LoRA.
-* :func:`get_base_model` (the one PEFT unwrap), :func:`merge_lora`, :func:`train_and_merge`, :func:`frozen_copy`.
-* :func:`load_tokenizer`: a model source's tokenizer alone, so data can be checked against it before weights load.
+* :func:`merge_lora`, :func:`train_and_merge`, :func:`frozen_copy`.
 * :class:`TrainSettings` / :class:`LoraSettings`: deprecated (one release); the stage configs replace them.
 """
 
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ..errors import ConfigError
+from ..loading import get_base_model, load_tokenizer  # noqa: F401  (re-exported: the one PEFT unwrap, tokenizer loader)
 
 
 @dataclass
@@ -162,15 +162,7 @@ def resolve_config(config_cls, config=None, *, settings=None, lora=None, **field
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Models
-
-
-def get_base_model(model):
-    """The ``*ForCausalLM`` inside a PEFT wrapper (``PeftModel`` -> ``LoraModel`` -> model), or ``model`` itself.
-
-    The one PEFT unwrap of the library (architecture adapters, distillation checks and the trainers use it).
-    """
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
+# Models (the PEFT unwrap and the tokenizer loader live in hf_minitron.loading)
 
 
 def merge_lora(model):
@@ -213,25 +205,6 @@ def remove_if_empty(path) -> None:
     root = Path(str(path)).expanduser()
     if root.is_dir() and not any(p.is_file() or p.is_symlink() for p in root.rglob("*")):
         shutil.rmtree(root, ignore_errors=True)
-
-
-def load_tokenizer(source, *, trust_remote_code: bool = False):
-    """The tokenizer of a model source (Hub id, directory or ``.gguf``) without its weights; ``pad_token`` falls back
-    to ``eos_token`` as in :func:`hf_minitron.loading.load_causal_lm`."""
-    from transformers import AutoTokenizer
-
-    from ..loading import resolve_source
-
-    resolved = resolve_source(source)
-    kwargs: dict[str, Any] = dict(trust_remote_code=trust_remote_code)
-    if isinstance(resolved, Path) and resolved.is_file():
-        load_dir, kwargs["gguf_file"] = str(resolved.parent), resolved.name
-    else:
-        load_dir = str(resolved)
-    tok = AutoTokenizer.from_pretrained(load_dir, **kwargs)
-    if tok.pad_token is None and tok.eos_token is not None:
-        tok.pad_token = tok.eos_token
-    return tok
 
 
 def split_held_out_records(records: list, fraction: float) -> tuple[list, list]:

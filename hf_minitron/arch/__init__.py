@@ -36,7 +36,9 @@ def adapter_class(model_type: str) -> type[ArchAdapter]:
 
 def get_adapter(model) -> ArchAdapter:
     """The adapter for ``model`` (a ``*ForCausalLM``; a PEFT wrapper is unwrapped)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    from ..loading import get_base_model
+
+    base = get_base_model(model)
     config = getattr(base, "config", None)
     if config is None:
         raise UnsupportedArchitectureError(f"{type(model).__name__} has no .config; pass a transformers causal LM.")

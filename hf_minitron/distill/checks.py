@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import torch
 
+from ..loading import get_base_model
 
-def base_model(model):
-    """The transformers model under a PEFT wrapper (the model itself otherwise)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
+base_model = get_base_model  # the one PEFT unwrap (hf_minitron.loading)
 
 
 def num_layers(model) -> int:

@@ -118,7 +118,8 @@ def run_correct_teacher(config: CorrectTeacherConfig) -> CorrectTeacherResult:
     held-out records fill at least one block.
     """
     from ..alignment.data import load_sft_data
-    from ..alignment.training import load_tokenizer, split_held_out_records, train_and_merge
+    from ..alignment.training import split_held_out_records, train_and_merge
+    from ..loading import load_tokenizer
     from ..correction import build_correction_trainer, check_assistant_only_loss
     from ..errors import ConfigError
     from ..evaluation import mean_nll

@@ -117,7 +117,8 @@ def run_dpo(config: DPOStageConfig) -> DPOResult:
     """
     from ..alignment.data import load_preference_data
     from ..alignment.dpo import build_dpo_trainer, pairs_with_room, preference_logps, preference_stats
-    from ..alignment.training import load_tokenizer, split_held_out_records, train_and_merge
+    from ..alignment.training import split_held_out_records, train_and_merge
+    from ..loading import load_tokenizer
     from ..loading import check_model_source, load_causal_lm, save_model
     from ..outputs import check_output_dir
 

@@ -154,7 +154,8 @@ def run_steerlm(config: SteerLMConfig) -> SteerLMResult:
     ``max_length``).
     """
     from ..alignment.steerlm import build_steerlm_trainer
-    from ..alignment.training import load_tokenizer, train_and_merge
+    from ..alignment.training import train_and_merge
+    from ..loading import load_tokenizer
     from ..evaluation import mean_nll
     from ..loading import check_model_source, load_causal_lm, save_model
     from ..outputs import check_output_dir
