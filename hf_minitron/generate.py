@@ -74,9 +74,10 @@ class GenerationSettings:
         return dataclasses.asdict(self)
 
     def differences(self, recorded: dict) -> list[str]:
-        """``"field: recorded -> this"`` for every setting that differs from a recorded ``to_dict()``."""
+        """``"field: recorded -> this"`` for every setting that differs from a recorded ``to_dict()`` (``prompts``,
+        the source's name, is informative only: ``prompts_fingerprint`` decides, so a moved file still matches)."""
         mine = self.to_dict()
-        keys = sorted(set(mine) | set(recorded))
+        keys = sorted((set(mine) | set(recorded)) - {"prompts"})
         return [f"{k}: {recorded.get(k)!r} -> {mine.get(k)!r}" for k in keys if recorded.get(k) != mine.get(k)]
 
 
@@ -221,8 +222,49 @@ def left_pad(rows: Sequence[Sequence[int]], pad_id: int, device=None) -> tuple[t
     return ids.to(device), mask.to(device)
 
 
+class TokenRate:
+    """Live tokens/s on a tqdm bar: :meth:`streamer` gives ``generate`` a streamer that counts each row's answer
+    tokens step by step (up to its end-of-sequence token); the bar's postfix refreshes at most twice a second."""
+
+    def __init__(self, bar, eos_ids: Sequence[int]):
+        self.bar, self.eos_ids = bar, set(eos_ids)
+        self.tokens, self.start, self.shown = 0, time.perf_counter(), 0.0
+
+    def streamer(self, rows: int) -> "_RowCounter":
+        return _RowCounter(self, rows)
+
+    def add(self, n: int) -> None:
+        self.tokens += n
+        now = time.perf_counter()
+        if now - self.shown >= 0.5:
+            self.shown = now
+            self.bar.set_postfix(tok_s=f"{self.tokens / max(now - self.start, 1e-9):.1f}")
+
+
+class _RowCounter:
+    """The ``streamer`` protocol of ``generate`` (``put`` the prompt once, then each step's tokens; ``end``)."""
+
+    def __init__(self, rate: TokenRate, rows: int):
+        self.rate, self.open, self.prompt_seen = rate, [True] * rows, False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        n = 0
+        for i, row in enumerate(value.reshape(len(self.open), -1).tolist()):
+            for token in row:
+                if self.open[i]:
+                    n += 1
+                    self.open[i] = token not in self.rate.eos_ids
+        self.rate.add(n)
+
+    def end(self) -> None:
+        pass
+
+
 def generate_batch(model, prompt_ids: Sequence[Sequence[int]], seeds: Sequence[int], settings: GenerationSettings,
-                   *, eos_ids: Sequence[int], pad_id: int) -> list[tuple[list[int], str]]:
+                   *, eos_ids: Sequence[int], pad_id: int, streamer=None) -> list[tuple[list[int], str]]:
     """``(answer token ids, finish_reason)`` per prompt of one left-padded batch (KV cache, inference mode)."""
     from transformers import GenerationConfig, LogitsProcessorList
 
@@ -234,7 +276,7 @@ def generate_batch(model, prompt_ids: Sequence[Sequence[int]], seeds: Sequence[i
         [PerPromptSampler(seeds, settings.temperature, settings.top_p)] if settings.do_sample else [])
     with torch.inference_mode():
         out = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config,
-                             logits_processor=processors)
+                             logits_processor=processors, streamer=streamer)
     results = []
     for row in out[:, input_ids.shape[1]:].tolist():
         stop = next((j for j, t in enumerate(row) if t in eos_ids), None)
@@ -262,21 +304,19 @@ def generate_records(model, tokenizer, prompts: Sequence[list[dict]], settings: 
     eos_ids = _eos_ids(model, tokenizer)
     pad_id = _pad_id(tokenizer, eos_ids)
     bar = tqdm(total=len(indices), unit="prompt", desc="generate-data", disable=not progress)
-    new_tokens, start = 0, time.perf_counter()
+    rate = TokenRate(bar, eos_ids) if progress else None
     try:
         for batch in length_batches(indices, [len(p) for p in prompt_ids], batch_size):
             answers = generate_batch(model, [prompt_ids[i] for i in batch],
-                                     [prompt_seed(settings.seed, i) for i in batch], settings,
-                                     eos_ids=eos_ids, pad_id=pad_id)
+                                     [prompt_seed(settings.seed, i) for i in batch], settings, eos_ids=eos_ids,
+                                     pad_id=pad_id, streamer=rate.streamer(len(batch)) if rate else None)
             records = []
             for i, (ids, finish) in zip(batch, answers):
                 text = tokenizer.decode(ids, skip_special_tokens=True).strip()
                 records.append({"index": i, "messages": [*prompts[i], {"role": "assistant", "content": text}],
                                 "prompt_tokens": len(prompt_ids[i]), "new_tokens": len(ids),
                                 "finish_reason": finish})
-                new_tokens += len(ids)
             bar.update(len(batch))
-            bar.set_postfix(tok_s=f"{new_tokens / max(time.perf_counter() - start, 1e-9):.1f}")
             yield records
     finally:
         bar.close()
@@ -444,7 +484,7 @@ def read_manifest(output_dir: str | os.PathLike) -> dict | None:
 
 
 __all__ = ["BUILTIN", "DATA_FILE", "GenerationSettings", "MANIFEST_FILE", "PerPromptSampler", "Processes",
-           "SETTINGS_FILE", "append_records", "check_settings", "encode_prompts", "generate_batch",
+           "SETTINGS_FILE", "TokenRate", "append_records", "check_settings", "encode_prompts", "generate_batch",
            "generate_records", "left_pad", "length_batches", "load_prompts", "merge_parts", "prompt_messages",
            "prompt_seed", "prompts_fingerprint", "read_manifest", "read_part", "read_parts", "run_generation",
            "start_checkpoint_dir", "write_dataset"]

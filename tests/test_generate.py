@@ -91,6 +91,22 @@ def test_left_padded_batches_equal_one_prompt_at_a_time_greedy(family, tokenizer
         assert finish == ("length" if len(reference) == 12 else "stop")
 
 
+def test_live_token_count_matches_the_answers(tokenizer):
+    from types import SimpleNamespace
+
+    model = tiny_model("qwen2")
+    ids = gen.encode_prompts(tokenizer, [[{"role": "user", "content": p}] for p in PROMPTS])
+    free = gen.generate_batch(model, ids, [0] * len(ids), settings(max_new_tokens=20), eos_ids=[2], pad_id=0)
+    stop = free[0][0][5]  # a token the random model does emit serves as end-of-sequence, so rows end early
+    shown = []
+    rate = gen.TokenRate(SimpleNamespace(set_postfix=lambda **kw: shown.append(kw)), eos_ids=[stop])
+    answers = gen.generate_batch(model, ids, [0] * len(ids), settings(max_new_tokens=20), eos_ids=[stop], pad_id=0,
+                                 streamer=rate.streamer(len(ids)))
+    assert 0 < sum(finish == "stop" for _, finish in answers) < len(ids)
+    assert rate.tokens == sum(len(a) + (finish == "stop") for a, finish in answers)  # + each row's EOS token
+    assert shown and "tok_s" in shown[0]
+
+
 def test_stage_writes_chat_messages_in_prompt_order(checkpoint, prompts_file, tmp_path):
     from hf_minitron.data import load_records
     from hf_minitron.distill.data import load_sft_dataset
@@ -169,7 +185,7 @@ def test_resume_after_an_interruption_equals_the_uninterrupted_run(checkpoint, p
         return real(model, prompt_ids, *args, **kw)
 
     monkeypatch.setattr(gen, "generate_batch", counted)
-    result = stage(checkpoint, prompts_file, out, batch_size=4, **SAMPLED)  # another batch size is allowed
+    result = stage(checkpoint, prompts_file, out, batch_size=4, progress=True, **SAMPLED)  # another batch size
     assert sum(generated) == len(PROMPTS) - 6  # nothing generated twice
     assert result.metrics["resumed"] is True
     assert Path(result.output_dir).read_bytes() == Path(sampled_run.output_dir).read_bytes()  # none lost
@@ -191,6 +207,9 @@ def test_other_settings_are_refused(checkpoint, prompts_file, tmp_path, monkeypa
     monkeypatch.setattr(hf_minitron.loading, "load_causal_lm", no_model)
     again = stage(checkpoint, prompts_file, finished, batch_size=5, **SAMPLED)
     assert again.metrics["reused"] is True and again.output_dir == sampled_run.output_dir
+    moved = tmp_path / "moved.jsonl"  # the same prompts under another name are the same setting
+    moved.write_bytes(Path(prompts_file).read_bytes())
+    assert stage(checkpoint, str(moved), finished, **SAMPLED).metrics["reused"] is True
     monkeypatch.undo()
 
     # an unfinished run: other settings are refused, overwrite starts again
