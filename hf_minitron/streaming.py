@@ -53,6 +53,9 @@ _ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, 
               "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
               "BOOL": torch.bool}
 GIB = float(1 << 30)
+#: Large 2-D tensors are read this many bytes of rows at a time (the embedding rows the calibration tokens use; the
+#: pruned embedding / LM head, filled block by block).
+READ_BLOCK_BYTES = 64 << 20
 
 
 # --- reading shards ------------------------------------------------------------------------------------------------
@@ -67,6 +70,7 @@ class ShardedCheckpoint:
         self.path = path
         self.weight_map = weight_map
         self._handles: dict[str, object] = {}
+        self._headers: dict[str, tuple[int, dict]] = {}
 
     @classmethod
     def open(cls, source, *, role: str = "model", revision: str | None = None) -> "ShardedCheckpoint":
@@ -105,8 +109,9 @@ class ShardedCheckpoint:
             raise DataError(f"{self.path} has no tensor {key!r}, which its config.json implies; the checkpoint is "
                             "incomplete or belongs to another config: download or save it again")
         name = self.weight_map[key]
-        if name not in self._handles:
-            self._handles[name] = safe_open(str(self.path / name), framework="pt")
+        if name not in self._handles:  # pread: a tensor's bytes are copied once and freed with it (a memory map
+            # would keep every page read so far resident in this process until the end)
+            self._handles[name] = safe_open(str(self.path / name), framework="pt", backend="pread")
         return self._handles[name]
 
     def shape(self, key: str) -> tuple[int, ...]:
@@ -122,9 +127,52 @@ class ShardedCheckpoint:
             t = t.to(dtype)
         return t if device is None else t.to(device)
 
-    def first_rows(self, key: str, n: int) -> torch.Tensor:
-        """Rows ``[:n]`` of a tensor, reading only those bytes."""
-        return self._handle(key).get_slice(key)[:n]
+    def rows(self, key: str, start: int, stop: int) -> torch.Tensor:
+        """Rows ``[start, stop)`` of a tensor as stored, reading only their bytes (a row-major tensor keeps them
+        contiguous at the offset its shard's header gives). ``safe_open`` slices read the whole tensor first."""
+        name = self.weight_map[key]
+        if name not in self._headers:
+            with open(self.path / name, "rb") as f:
+                size = int.from_bytes(f.read(8), "little")
+                self._headers[name] = (8 + size, json.loads(f.read(size)))
+        data_start, header = self._headers[name]
+        entry = header[key]
+        shape, dtype = entry["shape"], _ST_DTYPES[entry["dtype"]]
+        row_bytes = math.prod(shape[1:]) * torch.empty((), dtype=dtype).element_size()
+        stop = min(stop, shape[0])
+        count = max(stop - start, 0) * row_bytes
+        buf = bytearray(count)
+        with open(self.path / name, "rb") as f:
+            f.seek(data_start + entry["data_offsets"][0] + start * row_bytes)
+            if f.readinto(buf) != count:
+                raise DataError(f"{self.path / name} ends inside tensor {key!r}; the shard is truncated: download or "
+                                "save the checkpoint again")
+        if not count:
+            return torch.empty((0, *shape[1:]), dtype=dtype)
+        return torch.frombuffer(buf, dtype=dtype).view(stop - start, *shape[1:])
+
+    def row_blocks(self, key: str, *, dtype: torch.dtype | None = None, block_bytes: int | None = None):
+        """``(start, rows)`` blocks of a 2-D tensor, about ``block_bytes`` (default :data:`READ_BLOCK_BYTES`) each."""
+        n, step = self._row_step(key, block_bytes)
+        for start in range(0, n, step):
+            block = self.rows(key, start, start + step)
+            yield start, block if dtype is None or block.dtype == dtype else block.to(dtype)
+
+    def gather_rows(self, key: str, rows: torch.Tensor, *, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Rows ``rows`` (ascending, distinct) of a 2-D tensor, reading only the blocks that hold them."""
+        n, step = self._row_step(key, None)
+        parts = []
+        for start in range(0, n, step):
+            sel = rows[(rows >= start) & (rows < start + step)]
+            if sel.numel():
+                block = self.rows(key, start, start + step).index_select(0, sel - start)
+                parts.append(block if dtype is None else block.to(dtype))
+        return torch.cat(parts)
+
+    def _row_step(self, key: str, block_bytes: int | None) -> tuple[int, int]:
+        shape = self.shape(key)
+        row_bytes = math.prod(shape[1:]) * torch.empty((), dtype=self.dtype(key)).element_size()
+        return shape[0], max(1, (block_bytes or READ_BLOCK_BYTES) // max(1, row_bytes))
 
     def check_matches(self, model: nn.Module) -> None:
         """Refuse shards that lack a tensor of ``model`` (weightless, built from ``config.json``) or hold it with
@@ -200,7 +248,7 @@ def _probed(checkpoint: ShardedCheckpoint, model: nn.Module):
     try:
         for module, rows in probes:
             key = names[id(module)] + ".weight"
-            t = checkpoint.get(key) if rows is None else checkpoint.first_rows(key, rows)
+            t = checkpoint.get(key) if rows is None else checkpoint.rows(key, 0, rows)
             module.weight = nn.Parameter(t.to(module.weight.dtype), requires_grad=False)
         if tied:
             a.lm_head.weight = a.embed_tokens.weight
@@ -236,6 +284,28 @@ def _release(module: nn.Module) -> None:
         for name, p in m._parameters.items():
             if p is not None:
                 m._parameters[name] = nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=False)
+    _return_freed_memory()
+
+
+def _return_freed_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc ``malloc_trim``). Each layer's multi-megabyte tensors are freed
+    between smaller long-lived allocations; glibc keeps those holes resident, and over a few dozen layers the
+    process's memory would grow by about the model's size (SmolLM2: +430 MB over 30 layers without this)."""
+    global _LIBC
+    if _LIBC is None:
+        import ctypes
+        import ctypes.util
+
+        try:
+            _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            _LIBC.malloc_trim.argtypes = [ctypes.c_size_t]
+        except (OSError, AttributeError):
+            _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)
+
+
+_LIBC = None
 
 
 class _Reached(Exception):
@@ -413,6 +483,8 @@ def estimate_importance_streamed(
     batches = _streamed_batches(cal)
     if not batches:
         raise DataError("the calibration data gives no batch on this rank; pass more samples")
+    widest = max(batches, key=lambda b: b.ids.numel())
+    _check_batch_memory(model, widest.ids.shape[0], widest.ids.shape[1], widest.forward_mask is not None, device)
     H = config.hidden_size
     store = _hidden_store([(*b.ids.shape, H) for b in batches], dtype, hidden_states, offload_dir)
     identity = checkpoint_identity(ckpt, model)
@@ -439,18 +511,41 @@ def estimate_importance_streamed(
                    loss_num_samples)
 
 
+def _check_batch_memory(model, batch_size: int, seq_len: int, masked: bool, device) -> None:
+    """Refuse (before any layer loads) a batch whose activations and the largest layer exceed the device's memory."""
+    from .importance import ScoringMemoryError, available_memory, fit_batch_size, scoring_memory
+
+    layer = max(sum(p.numel() * p.element_size() for p in m.parameters()) for m in get_adapter(model).layers)
+    need = scoring_memory(model, batch_size, seq_len, attention_mask=masked).transient + layer
+    free = available_memory(device)
+    if need > free:
+        fit = fit_batch_size(model, seq_len, attention_mask=masked, available=max(free - layer, 0))
+        raise ScoringMemoryError(
+            f"batch_size={batch_size} x seq_len={seq_len} needs about {need / GIB:.2f} GiB on {device} (one layer "
+            f"{layer / GIB:.2f} + the batch's activations), but only {free / GIB:.2f} GiB is available; pass "
+            f"batch_size={fit} (or batch_size='auto'), or a shorter seq_len")
+
+
 def _embed(layer_args: _LayerArguments, ckpt, batches, store, recorder, dtype, device) -> None:
-    """Layer 0's input for every batch (the family's own embedding path), into the hidden-state store."""
+    """Layer 0's input for every batch (the family's own embedding module and decoder forward), into the
+    hidden-state store. Only the embedding rows of the tokens that occur are read: the module gets those rows and
+    the ids are renumbered into them (a lookup, so the values are exactly those of the full table)."""
     emb = layer_args.adapter.embed_tokens
-    _materialize(emb, _module_keys(layer_args.model, emb), ckpt, dtype, device)
+    vocab = torch.unique(torch.cat([b.ids.reshape(-1) for b in batches]))  # sorted
+    key = _module_keys(layer_args.model, emb) + "weight"
+    meta_weight, padding_idx = emb.weight, getattr(emb, "padding_idx", None)
+    emb.weight = nn.Parameter(ckpt.gather_rows(key, vocab, dtype=dtype).to(device), requires_grad=False)
+    emb.padding_idx = None  # an index into the full table; it only matters for gradients
     try:
         for b, slot in zip(batches, store.slots):
-            args, kwargs = layer_args(0, input_ids=b.ids.to(device), attention_mask=_on(b.forward_mask, device))
+            ids = torch.searchsorted(vocab, b.ids).to(device)
+            args, kwargs = layer_args(0, input_ids=ids, attention_mask=_on(b.forward_mask, device))
             slot.copy_(args[0] if args else kwargs["hidden_states"])
             recorder.samples += float(b.ids.shape[0] if b.mask is None else int(b.mask.bool().any(1).sum()))
             recorder.tokens += float(b.ids.numel() if b.mask is None else int(b.mask.sum()))
     finally:
-        _release(emb)
+        emb.weight, emb.padding_idx = meta_weight, padding_idx
+        _return_freed_memory()
 
 
 def _score_layer(i, adapter, layer_args, ckpt, batches, store, recorder, model, dtype, device) -> None:
@@ -515,8 +610,9 @@ def _parse_size(size: int | str) -> int:
 
 
 def _tensor_digest(t: torch.Tensor) -> str:
+    """SHA-256 of a CPU tensor's bytes, hashed in place (no copy)."""
     flat = t.detach().contiguous().reshape(-1)
-    return hashlib.sha256(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"").hexdigest()
+    return hashlib.sha256(memoryview(flat.view(torch.uint8).numpy()) if flat.numel() else b"").hexdigest()
 
 
 def _load_scores(scores, skeleton):
@@ -527,6 +623,38 @@ def _load_scores(scores, skeleton):
     if scores is not None:
         scores.check_model(skeleton)
     return scores
+
+
+def _pruning_setup(checkpoint, targets, scores, dtype, trust_remote_code, revision):
+    """Open and check the shards, build the weightless source in ``dtype`` (default: as stored), check the scores
+    against it and plan: ``(checkpoint, source, dtype, plan)``."""
+    from .pruning import plan_pruning
+
+    ckpt = ShardedCheckpoint.open(checkpoint, revision=revision)
+    try:
+        config = load_config(ckpt, trust_remote_code=trust_remote_code)
+        source = empty_model(config, torch.float32)
+        ckpt.check_matches(source)
+        want = ckpt.stored_dtype(source) if dtype is None else _dtype(dtype)
+        if want != torch.float32:
+            source = empty_model(config, want)
+        with _probed(ckpt, source):
+            scores = _load_scores(scores, source)
+            plan = plan_pruning(source, targets, scores)
+    except BaseException:
+        ckpt.close()
+        raise
+    return ckpt, source, source.dtype, plan
+
+
+def plan_checkpoint(checkpoint, targets, scores=None, *, trust_remote_code: bool = False,
+                    revision: str | None = None):
+    """:func:`hf_minitron.pruning.plan_pruning` for a safetensors checkpoint, from its config and the few rows the
+    scores' model check reads (no weights loaded): the kept/dropped layers, units and sizes ``prune_checkpoint``
+    will use. Raises what ``prune_checkpoint`` raises for bad targets, scores or shards."""
+    ckpt, _, _, plan = _pruning_setup(checkpoint, targets, scores, None, trust_remote_code, revision)
+    ckpt.close()
+    return plan
 
 
 @torch.no_grad()
@@ -547,26 +675,16 @@ def prune_checkpoint(checkpoint, targets, scores=None, out_dir=None, *, dtype: s
     from tqdm.auto import tqdm
 
     from .outputs import atomic_output_dir, check_output_dir
-    from .pruning import _build, plan_pruning, pruning_rules
+    from .pruning import _build, pruning_rules
 
     out = check_output_dir(out_dir, overwrite=overwrite, name="out_dir", fix="pass overwrite=True")
     shard_bytes = _parse_size(max_shard_size)
-    ckpt = ShardedCheckpoint.open(checkpoint, revision=revision)
+    ckpt, source, dtype, plan = _pruning_setup(checkpoint, targets, scores, dtype, trust_remote_code, revision)
     try:
-        config = load_config(ckpt, trust_remote_code=trust_remote_code)
-        source = empty_model(config, torch.float32)
-        ckpt.check_matches(source)
-        dtype = _dtype(dtype) if dtype is not None else ckpt.stored_dtype(source)
-        source = empty_model(config, dtype)
-        with _probed(ckpt, source):
-            scores = _load_scores(scores, source)
-            plan = plan_pruning(source, targets, scores)
-        a = get_adapter(source)
-        new_config = a.pruned_config(kept_layers=plan.kept_layers,
-                                     **{k: v for k, v in plan.sizes.items() if k != "num_hidden_layers"})
+        new_config = get_adapter(source).pruned_config(
+            kept_layers=plan.kept_layers, **{k: v for k, v in plan.sizes.items() if k != "num_hidden_layers"})
         target = _build(new_config, device="meta", dtype=dtype)
         target.tie_weights()
-        target.config.name_or_path = config.name_or_path
         rules = pruning_rules(source, plan)
         layout = _shard_layout(target, shard_bytes)
         with atomic_output_dir(out, overwrite=overwrite, name="out_dir", fix="pass overwrite=True") as tmp:
@@ -576,6 +694,7 @@ def prune_checkpoint(checkpoint, targets, scores=None, out_dir=None, *, dtype: s
                 digests.update({k: _tensor_digest(t) for k, t in buffer.items()})
                 save_file(buffer, str(tmp / shard), metadata={"format": "pt"})
                 del buffer
+                _return_freed_memory()
             _write_metadata(tmp, target, layout, ckpt, tokenizer)
             _verify_written(tmp, target, layout, digests)
     finally:
@@ -594,10 +713,22 @@ def _shard_layout(target, shard_bytes: int):
 
 
 def _pruned_tensor(ckpt: ShardedCheckpoint, rule, dtype) -> torch.Tensor:
+    """The pruned tensor of ``rule``; a large 2-D tensor whose rows are all kept (embedding, LM head) is filled
+    block of rows by block (the rule acts on each row alone), so its source never sits in memory whole."""
     from .pruning import apply_rule
 
-    src = ckpt.get(rule.source, dtype=dtype)
-    return apply_rule(rule, src).contiguous()
+    shape = ckpt.shape(rule.source)
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    if rule.rows is not None or rule.norm_offset is not None or len(shape) != 2 or \
+            math.prod(shape) * itemsize <= READ_BLOCK_BYTES:
+        return apply_rule(rule, ckpt.get(rule.source, dtype=dtype)).contiguous()
+    out = None
+    for start, block in ckpt.row_blocks(rule.source, dtype=dtype):
+        part = apply_rule(rule, block)
+        if out is None:
+            out = torch.empty((shape[0], *part.shape[1:]), dtype=part.dtype)
+        out[start : start + part.shape[0]] = part
+    return out
 
 
 def _write_metadata(tmp: Path, target, layout, ckpt: ShardedCheckpoint, tokenizer) -> None:
@@ -629,7 +760,7 @@ def _verify_written(tmp: Path, target, layout, digests: dict[str, str]) -> None:
     expected = remove_tied_weights_from_state_dict(target.state_dict(), target)
     seen = set()
     for shard in layout.filename_to_tensors:
-        with safe_open(str(tmp / shard), framework="pt") as f:
+        with safe_open(str(tmp / shard), framework="pt", backend="pread") as f:
             for key in f.keys():
                 t = f.get_tensor(key)
                 want = expected.get(key)
@@ -648,4 +779,4 @@ def _verify_written(tmp: Path, target, layout, digests: dict[str, str]) -> None:
 
 
 __all__ = ["ShardedCheckpoint", "checkpoint_identity", "empty_model", "estimate_importance_streamed",
-           "hidden_state_bytes", "prune_checkpoint"]
+           "hidden_state_bytes", "plan_checkpoint", "prune_checkpoint"]

@@ -73,11 +73,20 @@ def test_streamed_scores_equal_in_memory_scores(family, tmp_path, monkeypatch):
     ids = random_ids(TINY_VOCAB, batch=5, seq=16, seed=1)
     reference = estimate_importance(model, ids, batch_size=2)
     counter = _LayerCounter(monkeypatch)
+    monkeypatch.setattr(streaming, "READ_BLOCK_BYTES", 1024)  # embedding rows gathered from 4-row blocks
+    rows_read = []
+    real_rows = streaming.ShardedCheckpoint.rows
+    monkeypatch.setattr(streaming.ShardedCheckpoint, "rows",
+                        lambda self, key, start, stop: rows_read.append((key, start, stop)) or real_rows(self, key,
+                                                                                                          start, stop))
     streamed = estimate_importance_streamed(path, ids, batch_size=2, device="cpu")
     _assert_same_scores(streamed, reference)
     streamed.check_model(model)  # streamed scores prune the loaded model, and the other way round below
-    assert counter.peak == 1 and counter.live == 0  # one module (the embedding, then each layer) at a time
-    assert counter.loaded == ["model.embed_tokens."] + [f"model.layers.{i}." for i in range(4)]
+    assert counter.peak == 1 and counter.live == 0  # one layer at a time
+    assert counter.loaded == [f"model.layers.{i}." for i in range(4)]
+    # the embedding: only the 4-row blocks holding a calibration token are read (plus the identity's first rows)
+    blocks = {start for key, start, _ in rows_read if key == "model.embed_tokens.weight" and start > 0}
+    assert blocks == {4 * (int(t) // 4) for t in ids.unique() if t >= 4}
 
 
 @pytest.mark.parametrize("family", ["llama", "gemma3_text"])
@@ -151,7 +160,20 @@ def test_not_enough_disk_for_hidden_states(tmp_path, monkeypatch):
     assert counter.loaded == []
     Usage.free = need
     estimate_importance_streamed(path, ids, batch_size=4, device="cpu", hidden_states="disk", offload_dir=tmp_path)
-    assert counter.loaded[0] == "model.embed_tokens."  # ran with just enough
+    assert counter.loaded[0] == "model.layers.0."  # ran with just enough
+
+
+def test_batch_too_large_for_the_device_is_refused_before_work(tmp_path, monkeypatch):
+    from hf_minitron import importance
+
+    path = _saved(tiny_model("llama"), tmp_path / "ckpt")
+    counter = _LayerCounter(monkeypatch)
+    layer = sum(p.numel() for p in tiny_model("llama").model.layers[0].parameters()) * 4
+    monkeypatch.setattr(importance, "available_memory", lambda device=None: layer + 1000)
+    with pytest.raises(importance.ScoringMemoryError, match=r"batch_size=4 x seq_len=16 needs about .* on cpu \(one "
+                                                           r"layer .*pass batch_size=1 \(or batch_size='auto'\)"):
+        estimate_importance_streamed(path, random_ids(TINY_VOCAB, batch=4, seq=16), batch_size=4, device="cpu")
+    assert counter.loaded == []
 
 
 # --- bad checkpoints -----------------------------------------------------------------------------------------------
@@ -198,9 +220,10 @@ def _same_files(a: Path, b: Path) -> list[str]:
     return names
 
 
-def test_streamed_pruning_writes_save_pretrained_bytes(family, tmp_path):
+def test_streamed_pruning_writes_save_pretrained_bytes(family, tmp_path, monkeypatch):
     from transformers import AutoModelForCausalLM
 
+    monkeypatch.setattr(streaming, "READ_BLOCK_BYTES", 4096)  # the embedding / LM head are pruned 16 rows at a time
     model = tiny_model(family)
     path = _saved(model, tmp_path / "ckpt")
     scores = estimate_importance(model, random_ids(TINY_VOCAB, batch=3, seq=16, seed=1))
@@ -235,6 +258,17 @@ def test_prune_model_on_a_path_streams_with_saved_scores(tmp_path, tokenizer):
         assert filecmp.cmp(tmp_path / "memory" / name, out / name, shallow=False), name
     with pytest.raises(ValueError, match="pass out_dir=DIR"):
         prune_model(str(path), TARGETS, streamed)
+
+
+def test_plan_from_the_checkpoint_equals_the_plan_of_the_loaded_model(tmp_path):
+    from hf_minitron.pruning import plan_pruning
+    from hf_minitron.streaming import plan_checkpoint
+
+    model = tiny_model("gemma2")
+    path = _saved(model, tmp_path / "ckpt")
+    scores = estimate_importance(model, random_ids(TINY_VOCAB, batch=3, seq=16, seed=2))
+    for targets in (TARGETS, {"drop_layers": [0, 2]}, {"num_attention_heads": 2}):
+        assert plan_checkpoint(path, targets, scores) == plan_pruning(model, targets, scores)
 
 
 def test_bf16_checkpoint_pruned_in_fp32_matches_loaded_fp32_model(tmp_path):
