@@ -486,8 +486,8 @@ def estimate_importance_streamed(
     widest = max(batches, key=lambda b: b.ids.numel())
     _check_batch_memory(model, widest.ids.shape[0], widest.ids.shape[1], widest.forward_mask is not None, device)
     H = config.hidden_size
-    store = _hidden_store([(*b.ids.shape, H) for b in batches], dtype, hidden_states, offload_dir)
     identity = checkpoint_identity(ckpt, model)
+    store = _hidden_store([(*b.ids.shape, H) for b in batches], dtype, hidden_states, offload_dir)
     recorder = _Recorder(adapter, agg, "block_influence" in criteria)
     try:
         layer_args = _LayerArguments(config, dtype, device)
