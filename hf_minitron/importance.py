@@ -379,7 +379,8 @@ def scoring_memory(model_or_config, batch_size: int, seq_len: int, dtype: torch.
     Per token and layer the largest live set is the MLP's (the residual, the norm output and three
     ``intermediate_size`` tensors: gate activation, up projection, their product), or attention's (q, k, v and the
     rotary temporaries), plus the fp32 temporaries of the scoring hooks. Eager attention (or an explicit attention
-    mask, ``attention_mask=True``) adds the ``[batch, heads, seq, seq]`` scores twice. ``lm_loss`` adds one chunk of
+    mask, ``attention_mask=True``) adds the ``[batch, heads, seq, seq]`` scores twice; fused (SDPA) attention about
+    12 bytes per ``[batch, seq, seq]`` position pair (measured: ``benchmarks/importance_memory.py``). ``lm_loss`` adds one chunk of
     fp32 logits (:func:`loss_chunk_tokens`) three times (logits, log-softmax, softcap) and the gathered hidden
     states. ``model_or_config``: a model (weights counted from its parameters) or a ``transformers`` config.
     """
@@ -406,6 +407,8 @@ def scoring_memory(model_or_config, batch_size: int, seq_len: int, dtype: torch.
     activations = tokens * per_token
     if attention_mask or getattr(config, "_attn_implementation", None) == "eager":
         activations += 2 * 4 * batch_size * nH * seq_len * seq_len
+    else:  # fused attention still grows with seq**2 (measured on CPU, SmolLM2, 1 x 4096 and 8 x 4096: ~12 B per pair)
+        activations += 12 * batch_size * seq_len * seq_len
     logits = 0
     if lm_loss:
         logits = 3 * 4 * loss_chunk_tokens(V) * V + tokens * H * b
