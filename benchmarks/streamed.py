@@ -265,7 +265,8 @@ def llama(args, work: Path) -> None:
         return
     src = work / "llama31-8b-cut"
     _write_random_llama(src, args.llama_layers)
-    calib = torch.randint(0, 128256, (args.llama_samples, args.llama_seq_len), generator=torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(0)
+    calib = torch.randint(0, 128256, (args.llama_samples, args.llama_seq_len), generator=gen)
     torch.save(calib, work / "llama-calib.pt")
     r = _run_child("streamed", src, work / "llama-calib.pt", work / "llama-out", work / "llama-scores",
                    {**LLAMA_TARGETS, "num_hidden_layers": args.llama_layers}, args, dtype="bfloat16")

@@ -288,7 +288,8 @@ def pruning_rules(model, plan: PruningPlan) -> dict[str, TensorRule]:
                              [n_idx for s in (mlp.gate, mlp.up) if s is not None]))
         for linear, rows in readers.values():
             all_rows = torch.cat(rows)
-            keep_all = all_rows.numel() == linear.out_features and torch.equal(all_rows, torch.arange(linear.out_features))
+            n = linear.out_features
+            keep_all = all_rows.numel() == n and torch.equal(all_rows, torch.arange(n))
             linear_rules(linear, None if keep_all else all_rows, ch)
         linear_rules(attn.o, ch, q_idx)
         linear_rules(mlp.down, ch, n_idx)

@@ -185,7 +185,8 @@ def test_bad_checkpoints_are_refused_with_path_and_fix(tmp_path, monkeypatch):
     missing = _saved(model, tmp_path / "missing")
     gone = sorted(missing.glob("model-*.safetensors"))[3]
     gone.unlink()
-    with pytest.raises(DataError, match=rf"names 1 shard\(s\) that are missing from .*{gone.name}.*complete checkpoint"):
+    with pytest.raises(DataError, match=rf"names 1 shard\(s\) that are missing from .*{gone.name}.*complete "
+                                        "checkpoint"):
         estimate_importance_streamed(missing, ids, device="cpu")
 
     reshaped = _saved(model, tmp_path / "reshaped")
