@@ -110,13 +110,17 @@ def read_data_file(path: Path, *, text_field: str = "text") -> list[dict]:
 
 def load_texts(source, *, text_field: str = "text", limit: int | None = None, split: str = "train") -> list[str]:
     """Non-empty texts (``text_field`` of each record) from any source :func:`load_records` reads, or a list of
-    strings. A record without ``text_field`` is a :class:`DataError` naming the row and the fields it has."""
+    strings; a chat record without ``text_field`` gives its turns' contents (:func:`chat_text`). Any other record
+    without ``text_field`` is a :class:`DataError` naming the row and the fields it has."""
     if isinstance(source, (list, tuple)) and all(isinstance(t, str) for t in source):
         texts = [str(t) for t in source]
     else:
         records = load_records(source, text_field=text_field, split=split)
         texts = []
         for i, rec in enumerate(records):
+            if text_field not in rec and isinstance(rec.get("messages", rec.get("conversations")), list):
+                texts.append(chat_text(rec.get("messages", rec.get("conversations")), source, i))
+                continue
             if text_field not in rec:
                 raise DataError(f"data {_shown(source)}: record {i} has no field {text_field!r} (fields: "
                                 f"{sorted(rec)}); set text_field to the field that holds the text")
@@ -129,6 +133,20 @@ def load_texts(source, *, text_field: str = "text", limit: int | None = None, sp
     if not texts:
         raise DataError(f"data {_shown(source)} holds no non-empty texts")
     return texts[:limit] if limit else texts
+
+
+def chat_text(turns: list, source, row: int) -> str:
+    """The text of a chat record (``messages`` of ``{"role", "content"}`` or sharegpt ``conversations`` of
+    ``{"from", "value"}``): the turns' contents joined by blank lines, for stages that read plain text (calibration,
+    caching, evaluation)."""
+    parts = []
+    for j, turn in enumerate(turns):
+        content = turn.get("content", turn.get("value")) if isinstance(turn, dict) else None
+        if not isinstance(content, str):
+            raise DataError(f"data {_shown(source)}: record {row} turn {j} has no text content (a {{'role', "
+                            "'content'}} or {'from', 'value'} turn is expected)")
+        parts.append(content)
+    return "\n\n".join(parts)
 
 
 def read_json_records(path: Path, *, text: str | None = None):

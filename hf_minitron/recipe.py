@@ -206,6 +206,7 @@ def validate_recipe(recipe: Recipe, *, check_targets: bool = True) -> list[Plann
     checks), inputs that an earlier stage or the recipe supplies, pruning targets that fit the teacher."""
     planned = plan_stages(recipe)
     products = {"teacher": recipe.teacher, "data": recipe.data}
+    prune_products: dict = {}
     for stage in planned:
         spec = get_stage(stage.name)
         values = stage_values(recipe, stage, products)
@@ -225,15 +226,18 @@ def validate_recipe(recipe: Recipe, *, check_targets: bool = True) -> list[Plann
                             f"{', '.join(makers)} before it, or set {stage.name}.{missing[0]})") if makers else ""
                 raise ConfigError(f"{where}: {text}{hint}") from None
             raise
+        if stage.name == "prune":
+            prune_products = dict(products)
         if spec.produces:
             products[spec.produces] = str(stage.output_dir)
     if check_targets and "prune" in recipe.stages:
         from .stages.prune import check_targets_fit
 
         prune = next(s for s in planned if s.name == "prune")
-        model = recipe.teacher
-        check_targets_fit(model, get_stage("prune").config_cls(**stage_values(
-            recipe, prune, {"teacher": model, "scores": "scores"})).targets(), where="recipe stage 'prune'")
+        targets = build_config(get_stage("prune").config_cls, stage_values(recipe, prune, prune_products),
+                               where="recipe stage 'prune'", command="prune").targets()
+        if targets:  # targets from a search stage are checked when it has run
+            check_targets_fit(recipe.teacher, targets, where="recipe stage 'prune'")  # correction keeps the sizes
     return planned
 
 

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hf_minitron.data import load_records, split_held_out
-from hf_minitron.prompts import BUILTIN_FILE
+from hf_minitron.data import split_held_out
 from hf_minitron.recipe import load_recipe, run_recipe, validate_recipe
 from hf_minitron.testing import tiny_model, tiny_tokenizer
 
@@ -34,8 +33,13 @@ def test_demo_recipe_validates_as_shipped(in_repo):
     search, prune = recipe.stages["search"], recipe.stages["prune"]
     assert search["target_ratio"] == 0.5 and search["distill_top_n"] == 0  # widths from the scores, zero-shot
     assert not {"hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads"} & set(prune)
+    assert "architecture" not in prune  # the runner wires the search's output into prune
+    from hf_minitron.recipe import stage_values
+
     search_dir = next(s.output_dir for s in planned if s.name == "search")
-    assert Path(prune["architecture"]).resolve() == search_dir
+    prune_stage = next(s for s in planned if s.name == "prune")
+    wired = stage_values(recipe, prune_stage, {"teacher": "default", "architecture": str(search_dir)})
+    assert Path(wired["architecture"]).resolve() == search_dir
 
 
 def test_demo_held_out_text_is_never_trained_on(in_repo):
@@ -45,13 +49,8 @@ def test_demo_held_out_text_is_never_trained_on(in_repo):
     # eval scores the last `fraction` of the answers; distill must stop before them
     train, held = split_held_out(list(range(n)), fraction)
     assert stages["distill"]["max_samples"] == len(train) == n - len(held)
-    # while eval reads the built-in prompts (interim): its held-out prompts are none of those answered
-    if stages["eval"].get("data"):
-        assert Path(stages["eval"]["data"]).resolve() == BUILTIN_FILE.resolve()
-        texts = [r[stages["eval"]["text_field"]] for r in load_records(BUILTIN_FILE)]
-        answered = set(texts[:n])
-        _, held_prompts = split_held_out(texts, fraction)
-        assert held_prompts and not answered & set(held_prompts)
+    # eval reads the generated answers (the data product), the same file distill trains on
+    assert "data" not in stages["eval"] and "data" not in stages["distill"]
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +70,6 @@ def miniature(out: Path, teacher: Path) -> list[str]:
         "importance.num_samples=4", "importance.seq_len=32",
         "search.num_samples=2", "search.seq_len=32", "search.max_candidates=3", "search.width_multiple=16",
         "search.use_cpu=true", "search.disable_tqdm=true",
-        f"prune.architecture={out / '03-search'}",
         "distill.max_samples=36", "distill.max_length=64", "distill.use_cpu=true", "distill.save_steps=2",
         "distill.disable_tqdm=true", "distill.seed=0",
         f"eval.models=[{out / '04-prune'}]", "eval.seq_len=32", "eval.num_windows=2", "eval.max_new_tokens=4",

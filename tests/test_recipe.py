@@ -182,6 +182,10 @@ def test_two_processes_give_the_one_process_result(assets, tmp_path):
     one_scores = load_file(str(tmp_path / "one" / "01-importance" / "importance.safetensors"))
     for name in one_scores:
         torch.testing.assert_close(two_scores[name], one_scores[name], rtol=1e-5, atol=1e-6, msg=name)
+    # same logged losses step by step, and the same weights up to float summation order (2 ranks x 2 rows vs 4 rows)
+    losses = [[e["loss"] for e in json.loads((Path(d) / "log_history.json").read_text()) if "loss" in e]
+              for d in (tmp_path / "two" / "03-distill", one.products["student"])]
+    assert len(losses[0]) == 5 and losses[0] == pytest.approx(losses[1], rel=1e-6)
     got, want = weights(tmp_path / "two" / "03-distill"), weights(one.products["student"])
     for name in want:
-        torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-6, msg=name)
+        torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=2e-5, msg=name)
