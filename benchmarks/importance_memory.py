@@ -88,7 +88,8 @@ def main():
           f"{r['depth_criteria']}, packing {r['packing']}; scored {r['samples']} samples, {r['tokens']:,} tokens "
           f"(largest batch {r['batch_size']} x {r['longest_row']}) in {r['seconds']:.0f} s")
     print("| | measured GiB | estimate GiB |\n|---|---|---|")
-    print(f"| RSS after loading the model | {r['rss_after_load'] / GIB:.2f} | weights {r['estimate_weights'] / GIB:.2f} |")
+    load, weights = r["rss_after_load"] / GIB, r["estimate_weights"] / GIB
+    print(f"| RSS after loading the model | {load:.2f} | weights {weights:.2f} |")
     print(f"| peak RSS while scoring | {r['scoring_peak'] / GIB:.2f} | {(r['estimate_total'] + runtime) / GIB:.2f} "
           "(estimate + the runtime's own RSS) |")
     print(f"| scoring peak above the loaded model | {(r['scoring_peak'] - r['rss_after_load']) / GIB:.2f} | "
