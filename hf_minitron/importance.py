@@ -369,7 +369,9 @@ class ScoringMemory:
 
 def loss_chunk_tokens(vocab_size: int) -> int:
     """Tokens per LM-head chunk of the LM-loss criteria: about 16 M fp32 logits (64 MiB) per chunk."""
-    return max(1, (1 << 24) // max(1, vocab_size))
+    from .nll import chunk_tokens_for
+
+    return chunk_tokens_for(vocab_size)
 
 
 def scoring_memory(model_or_config, batch_size: int, seq_len: int, dtype: torch.dtype | None = None, *,
@@ -578,24 +580,19 @@ def skip_layers(adapter, indices: Iterable[int], returns_tuple: bool = False):
 def lm_nll_sum(adapter, hidden: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor | None,
                chunk_tokens: int | None = None) -> tuple[float, float]:
     """Sum of next-token NLL from the final hidden states ``[batch, seq, hidden]`` through the LM head (and the final
-    logit soft-cap), over positions whose token and target are both unmasked, and their count. Projects
-    ``chunk_tokens`` positions at a time (default :func:`loss_chunk_tokens`) in fp32: no ``[batch, seq, vocab]``
-    logits."""
-    h, target = hidden[:, :-1], ids[:, 1:].to(hidden.device)
-    if mask is None:
-        h, target = h.reshape(-1, h.shape[-1]), target.reshape(-1)
-    else:
-        keep = (mask[:, 1:] * mask[:, :-1]).to(hidden.device).bool()
-        h, target = h[keep], target[keep]
+    logit soft-cap), over positions whose token and target are both unmasked, and their count; ``chunk_tokens``
+    positions at a time (default :func:`loss_chunk_tokens`): no ``[batch, seq, vocab]`` logits
+    (:func:`hf_minitron.nll.next_token_nll_sum`)."""
+    from .nll import next_token_nll_sum
+
     head, cap = adapter.lm_head, adapter.logit_softcap
-    chunk = chunk_tokens or loss_chunk_tokens(head.weight.shape[0])
-    total = torch.zeros((), dtype=torch.float64, device=h.device)
-    for start in range(0, h.shape[0], chunk):
-        logits = head(h[start : start + chunk]).float()
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
-        total += torch.nn.functional.cross_entropy(logits, target[start : start + chunk], reduction="sum").double()
-    return total.item(), float(h.shape[0])
+
+    def project(h):
+        logits = head(h).float()
+        return torch.tanh(logits / cap) * cap if cap else logits
+
+    return next_token_nll_sum(hidden, ids, mask, project=project,
+                              chunk_tokens=chunk_tokens or loss_chunk_tokens(head.weight.shape[0]))
 
 
 def _backbone(adapter, ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

@@ -239,6 +239,47 @@ def test_cli_builds_a_cache(tmp_path, capsys):
     assert not (tmp_path / "c3").exists()
 
 
+# --- training from the cache (DistillationTrainer with no teacher in memory) -----------------------------------------
+def _config(tmp_path, **kw):
+    from hf_minitron.distill import DistillationConfig
+
+    base = dict(output_dir=str(tmp_path / "run"), use_cpu=True, bf16=False, per_device_train_batch_size=2,
+                max_steps=2, learning_rate=1e-3, logging_steps=1, report_to=[], save_strategy="no",
+                max_length=SEQ, kd_loss="topk_kl", teacher_cache=None)
+    base.update(kw)
+    return DistillationConfig(**base)
+
+
+@pytest.mark.parametrize("tail", ["bucket", "renormalize", "sampled"])
+def test_trainer_loss_from_cache_matches_reference(setup, tmp_path, tail):
+    from hf_minitron.distill import DistillationTrainer
+    from hf_minitron.kernels.topk_kl import topk_kl_reference
+
+    teacher, tok, ids = setup
+    write_teacher_cache(teacher, tok, ids, tmp_path / "cache", top_k=K, shard_size=2,
+                        kind="sampled" if tail == "sampled" else "topk")
+    student = tiny_model("llama", seed=1)
+    trainer = DistillationTrainer(student, args=_config(tmp_path, teacher_cache=str(tmp_path / "cache"),
+                                                        topk_tail=tail, ce_weight=0.5),
+                                  processing_class=tok)
+    assert trainer.teacher_model is None
+    batch = trainer.data_collator([{"cache_index": 3}, {"cache_index": 0}])
+    ref_batch = {k: v.clone() for k, v in batch.items()}
+    loss = trainer.compute_loss(student, batch, num_items_in_batch=torch.tensor(2 * (SEQ - 1)))
+    with torch.no_grad():
+        logits = student(input_ids=ref_batch["input_ids"]).logits.double()
+    mask = torch.ones(2, SEQ, dtype=torch.bool)
+    mask[:, -1] = False  # the last position predicts nothing
+    kd = topk_kl_reference(logits, ref_batch["teacher_topk_ids"], ref_batch["teacher_topk_logprobs"].double(),
+                           ref_batch["teacher_tail_logmass"].double(), tail=tail, valid=mask)
+    ce = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
+                                           ref_batch["input_ids"][:, 1:].reshape(-1))
+    assert float(loss) == pytest.approx(float(kd + 0.5 * ce), rel=1e-5)
+    before = [p.detach().clone() for p in student.parameters()]
+    trainer.train()
+    assert any(not torch.equal(a, b) for a, b in zip(before, student.parameters()))
+
+
 def test_trainer_takes_the_tail_from_the_cache_when_unset(setup, tmp_path):
     from hf_minitron.distill import DistillationTrainer
 

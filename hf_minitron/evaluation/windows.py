@@ -16,6 +16,7 @@ import torch
 
 from ..data import fingerprint, token_blocks
 from ..errors import ConfigError
+from ..nll import next_token_nll_sum
 
 
 @torch.no_grad()
@@ -23,7 +24,7 @@ def mean_nll(model, blocks: torch.Tensor, batch_size: int = 4, attention_mask: t
     """Mean next-token negative log-likelihood (nats/token) of ``model`` over ``[n, seq]`` token ``blocks``.
 
     Every next-token prediction inside a block counts (positions masked out by ``attention_mask`` do not).
-    Accumulates in float64.
+    Accumulates in float64 (:func:`hf_minitron.nll.next_token_nll_sum`, the library's one masked NLL).
     """
     was_training = model.training
     model.eval()
@@ -32,14 +33,10 @@ def mean_nll(model, blocks: torch.Tensor, batch_size: int = 4, attention_mask: t
     for start in range(0, blocks.shape[0], batch_size):
         ids = blocks[start : start + batch_size].to(device)
         mask = None if attention_mask is None else attention_mask[start : start + batch_size].to(device)
-        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-        target = ids[:, 1:]
-        nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="none")
-        if mask is not None:
-            keep = (mask[:, 1:] * mask[:, :-1]).reshape(-1).bool()
-            nll = nll[keep]
-        total += nll.double().sum().item()
-        count += nll.numel()
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        nll, n = next_token_nll_sum(logits, ids, mask)
+        total += nll
+        count += n
     model.train(was_training)
     return total / max(count, 1)
 
