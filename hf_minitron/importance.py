@@ -52,7 +52,7 @@ from typing import Iterable, Literal, Sequence
 import torch
 
 from .arch import get_adapter
-from .errors import ConfigError
+from .errors import ConfigError, MinitronError
 from .kernels.importance import abs_mean_accumulate
 
 AGGREGATIONS = ("mean", "l2", "var")
@@ -63,7 +63,7 @@ MANIFEST_FILE = "manifest.json"
 FORMAT = "hf-minitron-importance"
 
 
-class ScoresMismatchError(ValueError):
+class ScoresMismatchError(MinitronError, ValueError):
     """Saved importance scores do not belong to the model they are used with."""
 
 
@@ -685,8 +685,14 @@ def estimate_importance(
     aggregation=("mean", "l2"),
     text_field: str = "text",
     progress: bool = False,
+    offload: Literal["layers"] | None = None,
+    **offload_options,
 ) -> ImportanceScores:
     """Score heads, neurons, embedding channels and layers of ``model`` on calibration data.
+
+    ``offload="layers"``: ``model`` is a safetensors checkpoint (directory or Hub id) scored one decoder layer at a
+    time (:func:`hf_minitron.streaming.estimate_importance_streamed`; ``offload_options``: ``dtype``, ``device``,
+    ``hidden_states``, ``offload_dir``, ``trust_remote_code``, ``revision``); the scores equal the in-memory ones.
 
     ``calib``: a list of texts, a ``.txt``/``.json``/``.jsonl`` file or a ``datasets.Dataset`` (with ``tokenizer``:
     the first ``num_samples`` documents truncated at ``seq_len`` tokens, or with ``packing=True`` ``num_samples``
@@ -699,6 +705,17 @@ def estimate_importance(
     pass per layer over the first ``loss_num_samples`` samples, about ``num_layers + 1`` forwards of them) and
     ``block`` (opt-in: one extra pass per start position and size in ``block_sizes``).
     """
+    if offload == "layers":
+        from .streaming import estimate_importance_streamed
+
+        return estimate_importance_streamed(
+            model, calib, tokenizer=tokenizer, batch_size=batch_size, seq_len=seq_len, num_samples=num_samples,
+            packing=packing, depth_criteria=depth_criteria, block_sizes=block_sizes,
+            loss_num_samples=loss_num_samples, aggregation=aggregation, text_field=text_field, progress=progress,
+            **offload_options)
+    if offload is not None or offload_options:
+        raise ConfigError(f"offload={offload!r} with {sorted(offload_options)}: the only offload is 'layers' (its "
+                          "options need it)")
     agg = Aggregation.parse(aggregation)
     adapter = get_adapter(model)
     L = adapter.num_layers

@@ -80,7 +80,8 @@ CASES = [
     # --- importance settings ---
     ("num-samples-0", f"importance {M} {D} --output_dir {{o}} --num_samples 0", ["num_samples=0"]),
     ("seq-len-1", f"importance {M} {D} --output_dir {{o}} --seq_len 1", ["seq_len=1"]),
-    ("batch-size-0", f"importance {M} {D} --output_dir {{o}} --batch_size 0", ["batch_size=0"]),
+    ("batch-size-negative", f"importance {M} {D} --output_dir {{o}} --batch_size -1", ["batch_size=-1"]),
+    ("batch-too-large", f"importance {M} {D} --output_dir {{o}} --batch_size 100000 --seq_len 4096", ["batch_size", "GiB"]),
     ("depth-criterion-unknown", f"importance {M} {D} --output_dir {{o}} --depth_criteria foo", ["depth_criteria", "foo"]),
     ("block-without-sizes", f"importance {M} {D} --output_dir {{o}} --depth_criteria block", ["block_sizes"]),
     ("block-size-0", f"importance {M} {D} --output_dir {{o}} --block_sizes 0", ["block_sizes", "0"]),

@@ -31,12 +31,14 @@ def test_importance_then_prune(checkpoint, tmp_path, capsys):
                "--loss_num_samples", "3"])
     out, err = capsys.readouterr()
     result = json.loads(out)
-    assert rc == 0 and result["metrics"]["samples"] == 5 and result["metrics"]["tokens"] == 160
+    assert rc == 0 and result["metrics"]["samples"] == 5
+    assert result["metrics"]["tokens"] == sum(min(len(tokenizer_ids), 32) for tokenizer_ids in
+                                              tiny_tokenizer()(LINES[:5])["input_ids"])
     assert "importance" in err  # the progress bar
     model, tok = load_causal_lm(model_dir)
     saved = ImportanceScores.load(tmp_path / "scores", model=model)
-    direct = estimate_importance(model, token_blocks(LINES, tok, 32, 5), batch_size=2, block_sizes=(1,),
-                                 loss_num_samples=3)
+    direct = estimate_importance(model, LINES, tokenizer=tok, seq_len=32, num_samples=5, batch_size=2,
+                                 block_sizes=(1,), loss_num_samples=3)  # the stage's defaults: one document a sample
     for name in ("heads", "neurons", "channels"):
         torch.testing.assert_close(getattr(saved, name), getattr(direct, name))
     torch.testing.assert_close(saved.block_losses[1], direct.block_losses[1])
@@ -79,3 +81,35 @@ def test_cli_errors_name_the_option(checkpoint, tmp_path, capsys):
         err = capsys.readouterr().err
         assert words in err and "Traceback" not in err, err
         assert not (tmp_path / "x").exists()
+
+
+def test_streamed_stages_equal_the_in_memory_ones(checkpoint, tmp_path, capsys):
+    """`importance --offload layers` and `prune --low_memory` (teachers larger than memory) give the in-memory
+    stages' scores and files."""
+    model_dir, calib = str(checkpoint / "model"), str(checkpoint / "calib.txt")
+    common = ["--model", model_dir, "--data", calib, "--seq_len", "32", "--num_samples", "6", "--batch_size", "2"]
+    assert main(["importance", *common, "--output_dir", str(tmp_path / "mem")]) == 0
+    assert main(["importance", *common, "--offload", "layers", "--output_dir", str(tmp_path / "streamed")]) == 0
+    capsys.readouterr()
+    from safetensors.torch import load_file
+
+    mem, streamed = (load_file(str(tmp_path / d / "importance.safetensors")) for d in ("mem", "streamed"))
+    assert mem.keys() == streamed.keys()
+    for name in mem:
+        torch.testing.assert_close(streamed[name], mem[name], rtol=1e-5, atol=1e-7, msg=name)
+    targets = ["--intermediate_size", "96", "--num_hidden_layers", "3", "--scores", str(tmp_path / "mem")]
+    assert main(["prune", "--model", model_dir, *targets, "--output_dir", str(tmp_path / "p_mem")]) == 0
+    in_memory = json.loads(capsys.readouterr().out)
+    assert main(["prune", "--model", model_dir, *targets, "--low_memory", "--output_dir",
+                 str(tmp_path / "p_low")]) == 0
+    low = json.loads(capsys.readouterr().out)
+    a, b = load_file(str(tmp_path / "p_mem" / "model.safetensors")), load_file(str(tmp_path / "p_low" /
+                                                                                    "model.safetensors"))
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    for key in ("non_embedding_before", "non_embedding_after", "parameters_after", "dropped_layers"):
+        assert low["metrics"][key] == in_memory["metrics"][key], key
+    assert main(["importance", *common, "--offload", "layers", "--depth_criteria", "lm_loss", "--output_dir",
+                 str(tmp_path / "x")]) == 2
+    assert "only block_influence" in capsys.readouterr().err

@@ -24,8 +24,11 @@ class PruneConfig:
         scores (`str` or `None`, *optional*, defaults to `None`):
             Directory written by the `importance` stage. Needed for every width target and for
             `num_hidden_layers` (not for `drop_layers`).
-        dtype (`Literal["float32", "bfloat16", "float16"]`, *optional*, defaults to `"float32"`):
-            dtype the model is loaded, pruned and saved in.
+        dtype (`Literal["float32", "bfloat16", "float16"]` or `None`, *optional*, defaults to `None`):
+            dtype the model is pruned and saved in (`None`: float32 in memory; with `low_memory`, the stored dtype).
+        low_memory (`bool`, *optional*, defaults to `False`):
+            Prune a safetensors checkpoint tensor by tensor without loading it (the same files, byte for byte, as
+            the in-memory path writes); peak memory is about one output shard plus the largest tensor.
         trust_remote_code (`bool`, *optional*, defaults to `False`):
             Allow the model's own code from the Hub.
 
@@ -66,7 +69,12 @@ class PruneConfig:
         "help": "A search stage's output (or its architecture.json): its targets, under any given here."})
     depth_criterion: DepthCriterion | None = field(default=None, metadata={
         "help": "How num_hidden_layers picks the layers to drop (default: the best criterion the scores hold)."})
-    dtype: Dtype = field(default="float32", metadata={"help": "dtype the model is loaded, pruned and saved in."})
+    dtype: Dtype | None = field(default=None, metadata={
+        "help": "dtype the model is pruned and saved in (default: float32 in memory; with low_memory, the dtype the "
+                "checkpoint stores)."})
+    low_memory: bool = field(default=False, metadata={
+        "help": "Prune a safetensors checkpoint tensor by tensor without loading it (teachers larger than memory); "
+                "peak memory is about one output shard plus the largest tensor."})
     overwrite: bool = field(default=False, metadata={"help": "Replace a non-empty output_dir."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow the model's own code from the Hub."})
 
@@ -142,19 +150,42 @@ def run_prune(config: PruneConfig) -> PruneResult:
                           "output (--scores DIR); only drop_layers works without scores")
     if config.scores is not None:
         check_scores_dir(config.scores)
-    model, tokenizer = load_causal_lm(config.model, dtype=config.dtype, trust_remote_code=config.trust_remote_code)
+    if config.low_memory:
+        return _prune_streamed(config, targets)
+    model, tokenizer = load_causal_lm(config.model, dtype=config.dtype or "float32",
+                                      trust_remote_code=config.trust_remote_code)
     scores = ImportanceScores.load(config.scores, model=model) if config.scores else None
     plan = plan_pruning(model, targets, scores)
     before = get_adapter(model).summary()
     pruned = prune_model(model, targets, scores, out_dir=config.output_dir, tokenizer=tokenizer,
                          overwrite=config.overwrite)
     after = get_adapter(pruned).summary()
-    metrics = {"parameters_before": before["parameters"], "parameters_after": after["parameters"],
-               "non_embedding_before": before["non_embedding_parameters"],
-               "non_embedding_after": after["non_embedding_parameters"],
-               "dropped_layers": plan.dropped_layers, "depth_criterion": plan.depth_criterion,
-               "before": before, "after": after}
+    metrics = _metrics(before, after, plan)
     return PruneResult(stage="prune", output_dir=str(config.output_dir), metrics=metrics)
+
+
+def _metrics(before: dict, after: dict, plan) -> dict:
+    return {"parameters_before": before["parameters"], "parameters_after": after["parameters"],
+            "non_embedding_before": before["non_embedding_parameters"],
+            "non_embedding_after": after["non_embedding_parameters"],
+            "dropped_layers": plan.dropped_layers, "depth_criterion": plan.depth_criterion,
+            "before": before, "after": after}
+
+
+def _prune_streamed(config: PruneConfig, targets: dict) -> PruneResult:
+    """``low_memory``: plan from the checkpoint's config and the scores, then prune tensor by tensor."""
+    import torch
+    from transformers import AutoConfig
+
+    from ..arch import get_adapter
+    from ..streaming import empty_model, plan_checkpoint, prune_checkpoint
+
+    plan = plan_checkpoint(config.model, targets, config.scores, trust_remote_code=config.trust_remote_code)
+    out = prune_checkpoint(config.model, targets, config.scores, config.output_dir, dtype=config.dtype,
+                           overwrite=config.overwrite, trust_remote_code=config.trust_remote_code, progress=True)
+    summaries = [get_adapter(empty_model(AutoConfig.from_pretrained(str(d)), torch.float32)).summary()
+                 for d in (config.model, out)]
+    return PruneResult(stage="prune", output_dir=str(config.output_dir), metrics=_metrics(*summaries, plan))
 
 
 def load_model_config(source, *, trust_remote_code: bool = False):
