@@ -173,6 +173,22 @@ def prompt_seed(seed: int, index: int) -> int:
     return (seed * 1_000_003 + index) % (2**63)
 
 
+def nucleus(probs: torch.Tensor, top_p: float, k: int = 256) -> torch.Tensor:
+    """``probs`` ``[B, V]`` with every token outside the nucleus zeroed: a token stays when the mass of the tokens
+    more likely than it is below ``top_p``. Exact; looks only at the ``k`` most likely tokens of the rows whose
+    nucleus lies among them (nearly all), and sorts the whole vocabulary for the others."""
+    k = min(k, probs.shape[-1])
+    top, order = probs.topk(k, dim=-1)  # [B, k], descending
+    inside = (top.sum(-1) >= top_p).tolist()
+    out = torch.zeros_like(probs)
+    out.scatter_(-1, order, top.masked_fill(top.cumsum(-1) - top >= top_p, 0.0))
+    for row in (i for i, ok in enumerate(inside) if not ok):
+        sorted_probs, full = probs[row].sort(descending=True)
+        out[row] = torch.zeros_like(probs[row]).scatter(
+            -1, full, sorted_probs.masked_fill(sorted_probs.cumsum(-1) - sorted_probs >= top_p, 0.0))
+    return out
+
+
 class PerPromptSampler:
     """A ``LogitsProcessor`` that samples every row from its own generator (temperature, then nucleus ``top_p``) and
     returns scores that put all the mass on the drawn token, so ``generate(do_sample=False)`` keeps it.
@@ -188,9 +204,7 @@ class PerPromptSampler:
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         probs = torch.softmax(scores.float() / self.temperature, dim=-1)  # [B, V]
         if self.top_p < 1.0:
-            sorted_probs, order = probs.sort(dim=-1, descending=True)
-            outside = sorted_probs.cumsum(-1) - sorted_probs >= self.top_p  # mass before a token already >= top_p
-            probs = probs.scatter(-1, order, sorted_probs.masked_fill(outside, 0.0))
+            probs = nucleus(probs, self.top_p)
         probs = probs.cpu()
         drawn = torch.stack([torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(self.generators)])
         out = torch.full_like(scores, float("-inf"))
@@ -485,6 +499,6 @@ def read_manifest(output_dir: str | os.PathLike) -> dict | None:
 
 __all__ = ["BUILTIN", "DATA_FILE", "GenerationSettings", "MANIFEST_FILE", "PerPromptSampler", "Processes",
            "SETTINGS_FILE", "TokenRate", "append_records", "check_settings", "encode_prompts", "generate_batch",
-           "generate_records", "left_pad", "length_batches", "load_prompts", "merge_parts", "prompt_messages",
+           "generate_records", "left_pad", "length_batches", "load_prompts", "merge_parts", "nucleus", "prompt_messages",
            "prompt_seed", "prompts_fingerprint", "read_manifest", "read_part", "read_parts", "run_generation",
            "start_checkpoint_dir", "write_dataset"]

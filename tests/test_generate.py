@@ -158,6 +158,21 @@ def test_sampler_keeps_the_nucleus_and_its_proportions():
     assert torch.equal(again, drawn)  # same seeds, same draws
 
 
+def test_nucleus_equals_the_full_sort_reference():
+    def reference(probs, top_p):  # sort every row, drop a token once the mass before it reaches top_p
+        sorted_probs, order = probs.double().sort(dim=-1, descending=True)
+        keep = sorted_probs.cumsum(-1) - sorted_probs < top_p
+        return torch.zeros_like(probs, dtype=torch.bool).scatter(-1, order, keep)
+
+    gen_ = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 1271, generator=gen_) * torch.tensor([8.0, 4.0, 2.0, 1.0, 0.3, 0.0])[:, None]
+    probs = torch.softmax(logits, -1)  # from peaked rows (nucleus of a few tokens) to flat ones (beyond k=16)
+    for top_p in (0.5, 0.9, 0.99):
+        got = gen.nucleus(probs, top_p, k=16)
+        assert torch.equal(got > 0, reference(probs, top_p)), top_p
+        assert torch.equal(got[got > 0], probs[got > 0])  # kept tokens keep their probability
+
+
 def test_resume_after_an_interruption_equals_the_uninterrupted_run(checkpoint, prompts_file, tmp_path, monkeypatch,
                                                                    sampled_run):
     real = gen.generate_batch

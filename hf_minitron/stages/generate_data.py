@@ -35,7 +35,7 @@ class GenerateDataConfig:
     > Parameters that control the prompts
 
         prompts (`str`, *optional*, defaults to `"builtin"`):
-            `"builtin"` (about 3,000 varied instructions, questions and passage tasks shipped with the package, in
+            `"builtin"` (2,533 varied instructions, questions and passage tasks shipped with the package, in
             a fixed shuffled order) or a prompt source: `.txt` (one prompt per line), `.jsonl`/`.json`/`.parquet`/
             `.csv` records, a saved dataset directory or a `datasets` name.
         prompt_field (`str`, *optional*, defaults to `"prompt"`):
@@ -81,7 +81,7 @@ class GenerateDataConfig:
     model: str = field(default="default", metadata={
         "help": "Teacher: Hub id, local directory or .gguf file ('default': embedded SmolLM2-135M-Instruct)."})
     prompts: str = field(default="builtin", metadata={
-        "help": "'builtin' (the package's ~3,000 varied prompts) or .txt (one prompt per line), "
+        "help": "'builtin' (the package's 2,533 varied prompts) or .txt (one prompt per line), "
                 ".jsonl/.json/.parquet/.csv records, a saved dataset directory or a datasets name."})
     output_dir: str | None = field(default=None, metadata={
         "help": "Directory for data.jsonl (chat messages records in prompt order) + manifest.json."})
