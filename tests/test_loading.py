@@ -111,3 +111,28 @@ def test_saved_output_gets_normal_permissions_and_stale_temporaries_are_removed(
         assert sorted(p.name for p in tmp_path.iterdir()) == [".student.tmp-running", ".teacher.tmp-killed", "student"]
     finally:
         os.umask(old_mask)
+
+
+@pytest.mark.real_model
+def test_gguf_dequantized_cache_gives_the_same_model_and_tokenizer(tmp_path, monkeypatch):
+    """The first fp32 load of a .gguf writes a plain checkpoint to the cache; later loads read it and get exactly the
+    weights and tokenizer a load from the GGUF file gives (HF_MINITRON_CACHE=off)."""
+    from hf_minitron.loading import default_teacher_gguf, gguf_cache_dir
+
+    try:
+        gguf = default_teacher_gguf()
+    except ModelSourceError as err:
+        pytest.skip(str(err))
+    monkeypatch.setenv("HF_MINITRON_CACHE", "off")
+    direct, direct_tok = load_causal_lm(gguf)
+    monkeypatch.setenv("HF_MINITRON_CACHE", str(tmp_path))
+    first, _ = load_causal_lm(gguf)          # writes the cache
+    assert (gguf_cache_dir(gguf) / "model.safetensors").is_file()
+    cached, cached_tok = load_causal_lm(gguf)  # reads it
+    for model in (first, cached):
+        got = dict(model.named_parameters())
+        for name, p in direct.named_parameters():
+            assert torch.equal(got[name], p), name
+    assert cached_tok.get_vocab() == direct_tok.get_vocab()
+    assert cached_tok.chat_template == direct_tok.chat_template
+    assert cached.config.name_or_path == str(gguf)
