@@ -477,7 +477,7 @@ def write_dataset(records: Sequence[dict], output_dir: str | os.PathLike, settin
         "empty_answers": sum(1 for r in records if not r["messages"][-1]["content"]),
         **(extra or {}),
     }
-    with atomic_output_dir(output_dir, overwrite=overwrite, name="output_dir", fix="set overwrite") as tmp:
+    with atomic_output_dir(output_dir, overwrite=overwrite, name="output_dir", fix="set overwrite (--overwrite)") as tmp:
         with open(tmp / DATA_FILE, "w", encoding="utf-8") as f:
             for r in records:
                 f.write(json.dumps({"messages": r["messages"]}, ensure_ascii=False) + "\n")

@@ -116,7 +116,7 @@ def write_report(report: dict, out_dir, *, overwrite: bool = False) -> Path:
     """Write ``eval.json`` and ``eval.md`` into ``out_dir`` (one atomic directory write)."""
     from ..outputs import atomic_output_dir
 
-    with atomic_output_dir(out_dir, overwrite=overwrite, name="output_dir", fix="set overwrite") as tmp:
+    with atomic_output_dir(out_dir, overwrite=overwrite, name="output_dir", fix="set overwrite (--overwrite)") as tmp:
         (tmp / REPORT_JSON).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         (tmp / REPORT_MD).write_text(markdown_report(report), encoding="utf-8")
     return Path(out_dir).expanduser().resolve()

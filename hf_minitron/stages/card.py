@@ -153,7 +153,7 @@ def run_card(config: CardConfig) -> CardResult:
             raise ConfigError(f"model_dir {model_dir} already has a README.md that hf-minitron did not write; set "
                               "overwrite to replace it, or give an output_dir")
     else:
-        check_output_dir(config.output_dir, overwrite=config.overwrite, name="output_dir", fix="set overwrite")
+        check_output_dir(config.output_dir, overwrite=config.overwrite, name="output_dir", fix="set overwrite (--overwrite)")
     facts = gather_facts(
         model_dir, teacher=config.teacher, license=config.license, license_name=config.license_name,
         license_link=config.license_link, datasets=config.datasets, report=config.report, scores=config.scores,
@@ -164,7 +164,7 @@ def run_card(config: CardConfig) -> CardResult:
         written = write_card_files(facts, out, template=config.template)
     else:
         with atomic_output_dir(config.output_dir, overwrite=config.overwrite, name="output_dir",
-                               fix="set overwrite") as tmp:
+                               fix="set overwrite (--overwrite)") as tmp:
             link_model_files(model_dir, tmp)
             written = write_card_files(facts, tmp, template=config.template)
         out = Path(config.output_dir).expanduser().resolve()

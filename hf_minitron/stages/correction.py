@@ -126,7 +126,7 @@ def run_correct_teacher(config: CorrectTeacherConfig) -> CorrectTeacherResult:
     from ..loading import check_model_source, load_causal_lm, save_model
     from ..outputs import check_output_dir
 
-    check_output_dir(config.output_dir, overwrite=config.overwrite, name="output_dir", fix="set overwrite")
+    check_output_dir(config.output_dir, overwrite=config.overwrite, name="output_dir", fix="set overwrite (--overwrite)")
     check_output_dir(config.checkpoint_path(), overwrite=True, name="checkpoint_dir")
     if not config.data:
         raise ConfigError("data is not set: give the correction corpus (--data FILE, e.g. a .jsonl of documents)")

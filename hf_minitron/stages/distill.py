@@ -175,7 +175,7 @@ def run_distill(config: DistillStageConfig) -> DistillResult:
     from ..loading import check_model_source
     from ..outputs import check_output_dir
 
-    check_output_dir(config.output_dir, overwrite=config.overwrite, name="output_dir", fix="set overwrite")
+    check_output_dir(config.output_dir, overwrite=config.overwrite, name="output_dir", fix="set overwrite (--overwrite)")
     check_model_source(config.student, role="student", trust_remote_code=config.trust_remote_code,
                        need_adapter=False)
     if config.teacher_cache is None:

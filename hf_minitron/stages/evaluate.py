@@ -277,7 +277,7 @@ def run_eval(config: EvalConfig) -> EvalResult:
     from ..loading import check_model_source, load_causal_lm
     from ..outputs import check_output_dir
 
-    check_output_dir(config.output_dir, overwrite=config.overwrite, name="output_dir", fix="set overwrite")
+    check_output_dir(config.output_dir, overwrite=config.overwrite, name="output_dir", fix="set overwrite (--overwrite)")
     for role, source in config.model_list():
         check_model_source(source, role=role, trust_remote_code=config.trust_remote_code, need_adapter=False)
     texts, turns = _read_inputs(config)

@@ -163,7 +163,7 @@ def run_generate_data(config: GenerateDataConfig) -> GenerateDataResult:
         gen.check_settings(settings, finished["settings"], where=f"output_dir {config.output_dir}",
                            fix="choose another output_dir or set overwrite to generate again")
         return _result(config, finished, resumed=False, reused=True)
-    check_output_dir(config.output_dir, overwrite=config.overwrite, name="output_dir", fix="set overwrite")
+    check_output_dir(config.output_dir, overwrite=config.overwrite, name="output_dir", fix="set overwrite (--overwrite)")
     check_model_source(config.model, trust_remote_code=config.trust_remote_code, need_adapter=False)
 
     processes = _processes()

@@ -158,7 +158,7 @@ def run_importance(config: ImportanceConfig) -> ImportanceResult:
     from ..loading import check_model_source, load_causal_lm
     from ..outputs import check_output_dir
 
-    check_output_dir(config.output_dir, overwrite=config.overwrite, name="output_dir", fix="set overwrite")
+    check_output_dir(config.output_dir, overwrite=config.overwrite, name="output_dir", fix="set overwrite (--overwrite)")
     check_model_source(config.model, trust_remote_code=config.trust_remote_code)
     texts = load_texts(config.data, text_field=config.text_field)
     if config.batch_size and config.offload is None:

@@ -141,7 +141,7 @@ def run_prune(config: PruneConfig) -> PruneResult:
     from ..outputs import check_output_dir
     from ..pruning import plan_pruning, prune_model
 
-    check_output_dir(config.output_dir, overwrite=config.overwrite, name="output_dir", fix="set overwrite")
+    check_output_dir(config.output_dir, overwrite=config.overwrite, name="output_dir", fix="set overwrite (--overwrite)")
     targets = config.all_targets()
     check_model_source(config.model, trust_remote_code=config.trust_remote_code)
     check_targets_fit(config.model, targets)

@@ -230,7 +230,7 @@ def run_search(config: SearchConfig) -> SearchResult:
     from ..search import budget_from, search_architectures
     from .prune import check_scores_dir
 
-    check_output_dir(config.output_dir, overwrite=config.overwrite, name="output_dir", fix="set overwrite")
+    check_output_dir(config.output_dir, overwrite=config.overwrite, name="output_dir", fix="set overwrite (--overwrite)")
     check_model_source(config.model, trust_remote_code=config.trust_remote_code)
     check_scores_dir(config.scores)
     train_texts, eval_texts = _split_texts(config)
@@ -262,7 +262,7 @@ def run_search(config: SearchConfig) -> SearchResult:
         raise ConfigError(str(err)) from None
     summary = outcome.summary()
     with atomic_output_dir(config.output_dir, overwrite=config.overwrite, name="output_dir",
-                           fix="set overwrite") as tmp:
+                           fix="set overwrite (--overwrite)") as tmp:
         _write_json(tmp / ARCHITECTURE_FILE, outcome.chosen.architecture.targets())
         _write_json(tmp / CANDIDATES_FILE, [c.to_dict(outcome.budget) for c in outcome.candidates])
         _write_json(tmp / REPORT_FILE, {**summary, "settings": _settings(config)})
