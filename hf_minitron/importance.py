@@ -40,7 +40,6 @@ sums are all-reduced, so every rank holds what one process computes over all the
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -750,23 +749,11 @@ def estimate_importance(
     raw += [block_raw[n] for n in block_sizes]
     raw = _all_reduce(raw) if world > 1 else [t.cpu() for t in raw]
     raw_iter = iter(raw)
-    for stats in (recorder.heads, recorder.neurons, *recorder.norms):
-        for st in stats:
-            st.sum, st.sq = next(raw_iter), next(raw_iter)
-    bi_sum = [next(raw_iter) for _ in range(L)]
-    tokens, samples = float(next(raw_iter)), float(next(raw_iter))
+    heads, neurons, channels, depth, tokens, samples = recorder_scores(recorder, adapter, raw_iter, agg, criteria)
     layer_losses, base = next(raw_iter), next(raw_iter)
     block_raw = {n: next(raw_iter) for n in block_sizes}
 
     # --- final scores ---
-    s = adapter.sizes()
-    head_channels = torch.stack([_finalize(st, samples, agg.batch) for st in recorder.heads])  # [L, nH*hd]
-    heads = head_channels.view(L, s.num_attention_heads, s.head_dim).norm(dim=-1)
-    neurons = torch.stack([_finalize(st, samples, agg.batch) for st in recorder.neurons])
-    channels = torch.stack([_finalize(st, samples, agg.batch) for layer in recorder.norms for st in layer]).sum(0)
-    depth = {}
-    if "block_influence" in criteria:
-        depth["block_influence"] = (torch.stack(bi_sum) / max(samples, 1.0)).float()
     base_loss = float(base[0] / base[1]) if need_loss and base[1] > 0 else None
     if "lm_loss" in criteria:
         depth["lm_loss"] = (layer_losses[:, 0] / layer_losses[:, 1].clamp_min(1.0) - base_loss).float()
@@ -841,6 +828,27 @@ def _removal_losses(adapter, criteria, block_sizes, loss_batches, returns_tuple:
                 nll, cnt = lm_nll_sum(adapter, hidden, ids, mask)
                 target += torch.tensor([nll, cnt], dtype=torch.float64)
     return layer_losses, block_raw
+
+
+def recorder_scores(recorder, adapter, raw_iter, agg: Aggregation, criteria):
+    """``(heads, neurons, channels, depth, tokens, samples)`` from the reduced raw sums ``raw_iter`` (in
+    :meth:`_Recorder.raw_tensors` order; consumed up to the sample count): the one final step of the in-memory and the
+    layer-streamed scoring."""
+    L = adapter.num_layers
+    for stats in (recorder.heads, recorder.neurons, *recorder.norms):
+        for st in stats:
+            st.sum, st.sq = next(raw_iter), next(raw_iter)
+    bi_sum = [next(raw_iter) for _ in range(L)]
+    tokens, samples = float(next(raw_iter)), float(next(raw_iter))
+    s = adapter.sizes()
+    head_channels = torch.stack([_finalize(st, samples, agg.batch) for st in recorder.heads])  # [L, nH*hd]
+    heads = head_channels.view(L, s.num_attention_heads, s.head_dim).norm(dim=-1)
+    neurons = torch.stack([_finalize(st, samples, agg.batch) for st in recorder.neurons])
+    channels = torch.stack([_finalize(st, samples, agg.batch) for layer in recorder.norms for st in layer]).sum(0)
+    depth = {}
+    if "block_influence" in criteria:
+        depth["block_influence"] = (torch.stack(bi_sum) / max(samples, 1.0)).float()
+    return heads, neurons, channels, depth, tokens, samples
 
 
 def _loader_batches(loader, num_samples: int | None):

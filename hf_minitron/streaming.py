@@ -571,25 +571,11 @@ def _on(t, device):
 def _scores(recorder, adapter, agg, criteria, world, identity, cal, fingerprint, num_samples, packing,
             loss_num_samples):
     """Reduce over ranks and finalize as :func:`~hf_minitron.importance.estimate_importance` does."""
-    from .importance import ImportanceScores, _all_reduce, _finalize
+    from .importance import ImportanceScores, _all_reduce, recorder_scores
 
-    L = adapter.num_layers
     raw = recorder.raw_tensors()
     raw = _all_reduce(raw) if world > 1 else [t.cpu() for t in raw]
-    it = iter(raw)
-    for stats in (recorder.heads, recorder.neurons, *recorder.norms):
-        for st in stats:
-            st.sum, st.sq = next(it), next(it)
-    bi_sum = [next(it) for _ in range(L)]
-    tokens, samples = float(next(it)), float(next(it))
-    s = adapter.sizes()
-    head_channels = torch.stack([_finalize(st, samples, agg.batch) for st in recorder.heads])
-    heads = head_channels.view(L, s.num_attention_heads, s.head_dim).norm(dim=-1)
-    neurons = torch.stack([_finalize(st, samples, agg.batch) for st in recorder.neurons])
-    channels = torch.stack([_finalize(st, samples, agg.batch) for layer in recorder.norms for st in layer]).sum(0)
-    depth = {}
-    if "block_influence" in criteria:
-        depth["block_influence"] = (torch.stack(bi_sum) / max(samples, 1.0)).float()
+    heads, neurons, channels, depth, tokens, samples = recorder_scores(recorder, adapter, iter(raw), agg, criteria)
     manifest = {
         "model": identity,
         "calibration": {"fingerprint": fingerprint, "samples": int(samples), "tokens": int(tokens),

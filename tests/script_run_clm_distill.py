@@ -17,6 +17,8 @@ import sys
 from dataclasses import dataclass, field
 from itertools import chain
 
+import torch
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
@@ -136,3 +138,6 @@ if __name__ == "__main__":
     if trainer.is_world_process_zero():
         with open(os.path.join(trainer.args.output_dir, "script_results.json"), "w") as fh:
             json.dump({"results": results, "world_size": trainer.args.world_size}, fh)
+    trainer.accelerator.end_training()  # leave the process group cleanly (a gloo group torn down at exit can abort)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
