@@ -15,7 +15,8 @@ A recipe names the teacher, the data and the stages with their configs::
 Stages run in pipeline order (:data:`hf_minitron.stages.STAGE_TABLE`) whatever their order in the file; a stage
 that is absent is skipped. A field a stage leaves unset is filled from an earlier stage's product (the prune stage's
 ``model`` is the teacher, or the corrected teacher; its ``scores`` the importance stage's output; distill's
-``student`` the pruned model; ...), so a recipe only states what differs from the defaults. Each stage writes into
+``student`` the pruned model; ...), so a recipe only states what differs from the defaults; ``{output_dir}`` in a
+string value stands for the run's directory (``eval.models: ["{output_dir}/04-prune"]``). Each stage writes into
 ``OUTPUT/NN-stage`` (``output_dir`` and, for trainers, ``checkpoint_dir`` = ``OUTPUT/NN-stage.checkpoints``).
 
 Resumption: when a stage finishes, the runner writes ``OUTPUT/NN-stage.done``, a marker holding the hash of the
@@ -172,7 +173,7 @@ def stage_values(recipe: Recipe, stage: PlannedStage, products: dict[str, str]) 
     ``products``."""
     spec = get_stage(stage.name)
     known = config_fields(spec.config_cls)
-    values = dict(stage.fields)
+    values = _expand_run_dir(dict(stage.fields), stage.output_dir.parent)
     values.setdefault("output_dir", str(stage.output_dir))
     if "checkpoint_dir" in known:
         values.setdefault("checkpoint_dir", str(stage.output_dir) + ".checkpoints")
@@ -180,6 +181,18 @@ def stage_values(recipe: Recipe, stage: PlannedStage, products: dict[str, str]) 
         if fld in known and values.get(fld) is None and products.get(product) is not None:
             values[fld] = products[product]
     return values
+
+
+def _expand_run_dir(value, run_dir: Path):
+    """``"{output_dir}"`` inside a recipe's string values -> the run's output directory (e.g. ``eval.models:
+    ["{output_dir}/04-prune"]`` names another stage's product wherever the run is written)."""
+    if isinstance(value, str):
+        return value.replace("{output_dir}", str(run_dir))
+    if isinstance(value, list):
+        return [_expand_run_dir(v, run_dir) for v in value]
+    if isinstance(value, dict):
+        return {k: _expand_run_dir(v, run_dir) for k, v in value.items()}
+    return value
 
 
 def _missing_inputs(spec, values: dict) -> list[str]:

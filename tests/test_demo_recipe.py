@@ -72,7 +72,7 @@ def miniature(out: Path, teacher: Path) -> list[str]:
         "search.use_cpu=true", "search.disable_tqdm=true",
         "distill.max_samples=36", "distill.max_length=64", "distill.use_cpu=true", "distill.save_steps=2",
         "distill.disable_tqdm=true", "distill.seed=0",
-        f"eval.models=[{out / '04-prune'}]", "eval.seq_len=32", "eval.num_windows=2", "eval.max_new_tokens=4",
+        "eval.seq_len=32", "eval.num_windows=2", "eval.max_new_tokens=4",
         "card.license=apache-2.0",
     ]
 

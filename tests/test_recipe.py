@@ -147,6 +147,15 @@ def test_output_dir_of_another_recipe_refused(assets, tmp_path, no_model_loads):
         run_recipe(recipe_dict(assets, tmp_path / "other"), log=None)
 
 
+def test_run_dir_placeholder(assets, tmp_path):
+    from hf_minitron.recipe import plan_stages, stage_values
+
+    recipe = load_recipe(recipe_dict(assets, tmp_path / "run"))
+    recipe.stages["distill"]["checkpoint_dir"] = "{output_dir}/ckpt"
+    distill = next(s for s in plan_stages(recipe) if s.name == "distill")
+    assert stage_values(recipe, distill, {})["checkpoint_dir"] == f"{(tmp_path / 'run').resolve()}/ckpt"
+
+
 def test_overrides_and_yaml_file(assets, tmp_path):
     import yaml
 
