@@ -198,3 +198,21 @@ def test_two_processes_give_the_one_process_result(assets, tmp_path):
     got, want = weights(tmp_path / "two" / "03-distill"), weights(one.products["student"])
     for name in want:
         torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=2e-5, msg=name)
+
+
+def test_yaml_strings_become_numbers_like_on_the_command_line(assets, tmp_path, no_model_loads):
+    """YAML 1.1 reads `1e-3` as a string; a recipe value is converted to the field's type as the CLI parser would."""
+    from hf_minitron.stages import get_stage
+    from hf_minitron.stages.base import build_config
+
+    config = build_config(get_stage("distill").config_cls,
+                          {"student": "s", "data": "d.txt", "output_dir": str(tmp_path / "o"), "use_cpu": "true",
+                           "learning_rate": "1e-3", "max_steps": "7"}, where="recipe stage 'distill'",
+                          command="distill")
+    assert config.learning_rate == 1e-3 and config.max_steps == 7 and config.use_cpu is True
+    with pytest.raises(ConfigError, match="max_steps='many'"):
+        build_config(get_stage("distill").config_cls, {"student": "s", "data": "d.txt", "use_cpu": True,
+                                                       "output_dir": str(tmp_path / "o"), "max_steps": "many"},
+                     where="recipe stage 'distill'", command="distill")
+    recipe = load_recipe(recipe_dict(assets, tmp_path / "run"), overrides=["distill.learning_rate=1e-3"])
+    assert recipe.stages["distill"]["learning_rate"] == "1e-3"  # as YAML reads it; converted when the stage builds

@@ -134,7 +134,42 @@ def build_config(config_cls, values: dict, *, where: str, command: str):
         if key not in known:
             raise ConfigError(f"{where}: unknown field {key!r}{suggest(key, known)}; `hf-minitron {command} --help` "
                               "lists the fields")
+    hints = _type_hints(config_cls)
+    values = {k: _coerce(v, hints.get(k), where=where, key=k) for k, v in values.items()}
     return config_cls(**values)
+
+
+def _type_hints(config_cls) -> dict:
+    import typing
+
+    try:
+        return typing.get_type_hints(config_cls)
+    except Exception:  # a hint that does not resolve: no coercion
+        return {}
+
+
+def _coerce(value, hint, *, where: str, key: str):
+    """A YAML string where the field wants a number or a boolean (YAML 1.1 reads ``1e-3`` as a string) -> that type,
+    as the command line's parser would convert it; anything else is left to the config's own checks."""
+    import types
+    import typing
+
+    if not isinstance(value, str) or hint is None:
+        return value
+    args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    for kind in (bool, int, float):
+        if kind in args:
+            try:
+                if kind is bool:
+                    if value.lower() in ("true", "yes", "1", "false", "no", "0"):
+                        return value.lower() in ("true", "yes", "1")
+                    continue
+                return kind(value)
+            except ValueError:
+                continue
+    if set(args) & {bool, int, float} and not set(args) & {str}:
+        raise ConfigError(f"{where}: {key}={value!r} is not a {' or '.join(a.__name__ for a in args if a in (bool, int, float))}")
+    return value
 
 
 def config_to_dict(config) -> dict:
