@@ -19,12 +19,12 @@ file atomically; ``DistillationTrainer.create_model_card`` can call :func:`write
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ConfigError, DataError
+from .outputs import replace_file
 
 TEMPLATES = Path(__file__).resolve().parent / "model_cards"
 if not TEMPLATES.is_dir():  # running from a source checkout: model_cards/ sits beside the package
@@ -574,10 +574,6 @@ def draw_plots(facts: CardFacts, out_dir: Path) -> dict[str, str]:
 
 
 # --- writing --------------------------------------------------------------------------------------------------------
-def _replace_file(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def write_card_files(facts: CardFacts, out_dir: Path, *, template: str = "minitron") -> dict:
@@ -593,16 +589,16 @@ def write_card_files(facts: CardFacts, out_dir: Path, *, template: str = "minitr
         written = []
         for rel in drawn.values():
             (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
-            _replace_file(out_dir / rel, (Path(scratch) / rel).read_bytes())
+            replace_file(out_dir / rel, (Path(scratch) / rel).read_bytes())
             written.append(rel)
     if facts.recipe:
         recipe = {k: v for k, v in facts.recipe.items() if k != "source"}
-        _replace_file(out_dir / RECIPE_COPY, yaml.safe_dump(recipe, sort_keys=False).encode())
+        replace_file(out_dir / RECIPE_COPY, yaml.safe_dump(recipe, sort_keys=False).encode())
         written.append(RECIPE_COPY)
     if facts.report:
-        _replace_file(out_dir / "eval.json", (json.dumps(facts.report, indent=2) + "\n").encode())
+        replace_file(out_dir / "eval.json", (json.dumps(facts.report, indent=2) + "\n").encode())
         written.append("eval.json")
-    _replace_file(out_dir / "README.md", str(card).encode("utf-8"))
+    replace_file(out_dir / "README.md", str(card).encode("utf-8"))
     written.append("README.md")
     return {"readme": str(out_dir / "README.md"), "plots": drawn, "files": written, "card": card}
 

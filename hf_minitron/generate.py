@@ -38,6 +38,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 
 from .errors import ConfigError, DataError
+from .outputs import write_json
 
 DATA_FILE = "data.jsonl"
 MANIFEST_FILE = "manifest.json"
@@ -444,9 +445,7 @@ def start_checkpoint_dir(checkpoint_dir: str | os.PathLike, settings: Generation
                               "checkpoint_dir or set overwrite")
         shutil.rmtree(where)
     where.mkdir(parents=True, exist_ok=True)
-    tmp = settings_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(settings.to_dict(), indent=2), encoding="utf-8")
-    os.replace(tmp, settings_path)
+    write_json(settings_path, settings.to_dict())
     return False
 
 

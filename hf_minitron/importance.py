@@ -41,8 +41,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -199,25 +197,16 @@ class ImportanceScores:
         """Write ``importance.safetensors`` + ``manifest.json`` atomically (temp sibling dir, then rename)."""
         from safetensors.torch import save_file
 
-        from .loading import check_output_dir
+        from .outputs import atomic_output_dir
 
-        out = check_output_dir(out_dir, overwrite=overwrite)
-        out.parent.mkdir(parents=True, exist_ok=True)
         tensors = {"heads": self.heads, "neurons": self.neurons, "channels": self.channels}
         tensors.update({f"depth.{k}": v for k, v in self.depth.items()})
         tensors.update({f"block_losses.{n}": v for n, v in self.block_losses.items()})
         manifest = {**self.manifest, "format": FORMAT, "version": 1, "base_loss": self.base_loss}
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-        try:
+        with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
             save_file({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}, str(tmp / SCORES_FILE))
             (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-            if out.exists():
-                shutil.rmtree(out)
-            os.replace(tmp, out)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-        return out
+        return Path(out_dir).expanduser().resolve()
 
     @classmethod
     def load(cls, in_dir: str | os.PathLike, model=None) -> "ImportanceScores":

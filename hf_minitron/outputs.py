@@ -100,4 +100,22 @@ def atomic_output_dir(path: str | os.PathLike, *, overwrite: bool = False, name:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-__all__ = ["STALE_AFTER_S", "atomic_output_dir", "check_output_dir", "remove_stale_temporaries"]
+def replace_file(path: str | os.PathLike, data: bytes | str) -> Path:
+    """Write one file atomically: ``data`` goes to a hidden sibling ``.NAME.tmp-PID``, renamed over ``path``."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+    os.replace(tmp, path)
+    return path
+
+
+def write_json(path: str | os.PathLike, obj, **dumps) -> Path:
+    """:func:`replace_file` of ``obj`` as JSON (``dumps``: ``json.dumps`` keywords; default ``indent=2``)."""
+    import json
+
+    dumps.setdefault("indent", 2)
+    return replace_file(path, json.dumps(obj, **dumps) + "\n")
+
+
+__all__ = ["STALE_AFTER_S", "atomic_output_dir", "check_output_dir", "remove_stale_temporaries", "replace_file",
+           "write_json"]

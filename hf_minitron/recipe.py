@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import ConfigError, yaml_error_text
+from .outputs import write_json
 from .stages import STAGE_TABLE, canonical_name, get_stage
 from .stages.base import StageResult, build_config, config_fields, config_fingerprint_dict, suggest
 
@@ -273,9 +274,7 @@ def _read_json(path: Path) -> dict | None:
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_json(path, obj, default=str)
 
 
 def check_run_dir(recipe: Recipe, *, overwrite: bool = False) -> Path:

@@ -37,6 +37,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from ..errors import MinitronError
+from ..outputs import write_json
 
 FORMAT_VERSION = 1
 SETTINGS_FILE = "settings.json"
@@ -199,9 +200,7 @@ def _sha256(path: Path) -> str:
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    write_json(path, obj, indent=1, sort_keys=True)
 
 
 def _shard_name(shard: int) -> str:

@@ -173,7 +173,7 @@ def run_distill(config: DistillStageConfig) -> DistillResult:
     """
     from ..distill import DistillationTrainer
     from ..loading import check_model_source
-    from ..outputs import check_output_dir
+    from ..outputs import check_output_dir, write_json
 
     check_output_dir(config.output_dir, overwrite=config.overwrite, name="output_dir", fix="set overwrite (--overwrite)")
     check_model_source(config.student, role="student", trust_remote_code=config.trust_remote_code,
@@ -195,15 +195,10 @@ def run_distill(config: DistillStageConfig) -> DistillResult:
     result = trainer.train(resume_from_checkpoint=resume)
     path = trainer.save_student(config.output_dir, overwrite=config.overwrite)
     if path is not None:
-        _write_json_atomic(Path(path) / LOG_HISTORY_FILE, trainer.state.log_history)
+        write_json(Path(path) / LOG_HISTORY_FILE, trainer.state.log_history, default=str)
     tokens = int(getattr(trainer.state, "num_input_tokens_seen", 0) or 0) or max(
         (int(float(e["num_tokens"])) for e in trainer.state.log_history if "num_tokens" in e), default=0)
     metrics = {"global_step": int(result.global_step), "train_loss": float(result.training_loss),
                "train_tokens": tokens or None, "resumed_from": resume}
     return DistillResult(stage="distill", output_dir=str(config.output_dir), metrics=metrics)
 
-
-def _write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
