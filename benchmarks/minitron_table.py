@@ -123,6 +123,9 @@ def parse(argv=None):
     p.add_argument("--batch", type=int, default=4, help="sequences per optimizer step")
     p.add_argument("--seq", type=int, default=256, help="tokens per training block and per held-out window")
     p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--bf16", action="store_true",
+                   help="bf16 autocast for training, the correction and the cache write (fp32 master weights and "
+                        "fp32 held-out evaluation); about 2x faster on CPUs with AVX512-BF16")
     p.add_argument("--lr-scheduler", default="constant_with_warmup",
                    help="transformers scheduler; constant keeps the intermediate points meaningful as shorter budgets")
     p.add_argument("--warmup", type=int, default=None, help="warm-up steps (default: 2 %% of the steps, at least 1)")
@@ -272,7 +275,8 @@ def correct(teacher, tok, data: Data, args, tmp: Path):
     fields = dict(use_lora=args.correction_lora, max_steps=steps, per_device_train_batch_size=args.batch,
                   max_length=args.seq, packing=True, packing_strategy="wrapped", seed=args.seed, report_to=[],
                   disable_tqdm=True, logging_steps=max(1, steps // 10), checkpoint_dir=str(tmp / "correction"),
-                  lr_scheduler_type=args.lr_scheduler, warmup_steps=warmup(args, steps), dataloader_num_workers=0)
+                  lr_scheduler_type=args.lr_scheduler, warmup_steps=warmup(args, steps), dataloader_num_workers=0,
+                  bf16=args.bf16)
     if args.correction_lr is not None:
         fields["learning_rate"] = args.correction_lr
     corrected = correct_teacher(model, texts, tokenizer=tok, **fields)
@@ -280,6 +284,14 @@ def correct(teacher, tok, data: Data, args, tmp: Path):
 
 
 # --- training ------------------------------------------------------------------------------------------------------
+def autocast(args):
+    """bf16 autocast on the run's device under ``--bf16``; a no-op otherwise."""
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.autocast(device, dtype=torch.bfloat16, enabled=args.bf16)
+
+
 def warmup(args, steps: int) -> int:
     return args.warmup if args.warmup is not None else max(1, round(0.02 * steps))
 
@@ -308,7 +320,7 @@ def trainer_fields(args, steps: int, out_dir: Path) -> dict:
     import torch
 
     cpu = not torch.cuda.is_available()
-    return dict(output_dir=str(out_dir), use_cpu=cpu, bf16=False, per_device_train_batch_size=args.batch,
+    return dict(output_dir=str(out_dir), use_cpu=cpu, bf16=args.bf16, per_device_train_batch_size=args.batch,
                 max_steps=steps, learning_rate=args.lr, lr_scheduler_type=args.lr_scheduler,
                 warmup_steps=warmup(args, steps), weight_decay=0.0, logging_steps=max(1, steps // 10), report_to=[],
                 save_strategy="no", activation_checkpointing=False, max_length=args.seq, seed=args.seed,
@@ -407,9 +419,15 @@ class Bench:
         if self.cache_dir is None:
             self.cache_dir = self.tmp / "cache"
             t = time.perf_counter()
-            write_teacher_cache(self.teacher, self.tok, self.data.train, self.cache_dir, top_k=self.args.top_k,
-                                kind="sampled", batch_size=4, shard_size=64, teacher_source="default",
-                                seed=self.args.seed)
+            # the teacher's forward under the run's autocast, as the online variants see it (only the forward:
+            # the cache's own fp32/fp16 tensor work stays outside autocast)
+            self.teacher.forward = autocast(self.args)(self.teacher.forward)
+            try:
+                write_teacher_cache(self.teacher, self.tok, self.data.train, self.cache_dir, top_k=self.args.top_k,
+                                    kind="sampled", batch_size=4, shard_size=64, teacher_source="default",
+                                    seed=self.args.seed)
+            finally:
+                del self.teacher.forward  # back to the class's forward
             self.cache_seconds = time.perf_counter() - t
         return self.cache_dir
 
@@ -517,7 +535,8 @@ def markdown(args, runs: dict[int, Run], teacher_nll, bench: Bench, machine: dic
               f"{d['tokens']:,} tokens ({d['epochs']:.2f} epochs of the blocks used). Held out: "
               f"{d['held_windows']['wiki']} + {d['held_windows']['c4']} windows of {args.seq} tokens from the last "
               f"{args.held_out:.0%} of each file's documents. Optimizer: AdamW lr {args.lr:g}, {args.lr_scheduler}, "
-              f"{warmup(args, d['steps'])} warm-up steps, no weight decay, seed {args.seed}, fp32.", "",
+              f"{warmup(args, d['steps'])} warm-up steps, no weight decay, seed {args.seed}, "
+              f"{'bf16 autocast (fp32 master weights; held-out evaluation in fp32)' if args.bf16 else 'fp32'}.", "",
               f"Students: budget {bench.budget:,} non-embedding parameters ({args.ratio:.0%} of the teacher's "
               f"{bench.teacher_params:,}). Widths of (1) ({'given by --widths' if args.widths else 'zero-shot search'}"
               f"): {bench.widths}; depth of (2): {bench.depth} (zero-shot calibration loss "
