@@ -321,3 +321,26 @@ def test_tokenized_rows_keep_their_length_and_attention_mask(tmp_path):
     mask = targets != -100
     assert loss == pytest.approx((reference_loss(s_logits, t_logits, mask, "forward_kl", 1.0) / mask.sum()).item(),
                                  rel=1e-5)
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_online_teacher_runs_under_the_runs_mixed_precision(tmp_path, bf16):
+    """bf16=True autocasts the student (accelerate wraps the prepared model) and must autocast the online teacher
+    too: an fp32 teacher left in fp32 costs twice the time of the student's bf16 matmuls on CPU."""
+    trainer = _trainer(tmp_path, bf16=bf16)
+    seen = []
+    hook = trainer.teacher_model.lm_head.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+    batch = _first_batch(trainer)
+    with torch.no_grad():
+        loss = trainer.compute_loss(trainer.model, dict(batch)).item()
+    hook.remove()
+    assert seen == [torch.bfloat16 if bf16 else torch.float32]
+    assert next(trainer.teacher_model.parameters()).dtype == torch.float32, "the weights stay as loaded"
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        s_logits = trainer.model(**inputs).logits[:, :-1].float()
+        t_logits = trainer.teacher_model(**inputs).logits[:, :-1].float()
+    targets = batch["labels"][:, 1:]
+    mask = targets != -100
+    expected = reference_loss(s_logits, t_logits, mask, "forward_kl", 1.0, 0.5, targets, 0.0) / mask.sum()
+    assert loss == pytest.approx(expected.item(), rel=1e-3)
