@@ -1,148 +1,189 @@
 """Architecture search on SmolLM2-135M-Instruct at ~50% of its non-embedding parameters (issue 13, second half).
 
-    .venv/bin/python benchmarks/search.py                     # defaults below; about 15 min on the 2-core CPU box
-    .venv/bin/python benchmarks/search.py --short-steps 50 --long-steps 400 --batch 8    # where a GPU is lent
+    .venv/bin/python benchmarks/search.py --bf16          # about 15 min on the 2-core CPU box (AVX512-BF16)
+    .venv/bin/python benchmarks/search.py --short-steps 50 --long-steps 400 --batch 16    # where a GPU is lent
 
-Teacher: the embedded SmolLM2-135M-Instruct GGUF. Data: ``../shared/data/c4_calib.jsonl``; its last 10% of documents
-are held out (the evaluation blocks, never scored on or trained on); importance scores come from ``--calib-blocks``
-blocks of the rest. Search space: hidden and intermediate sizes in multiples of 64, query/KV heads, all 30 layers,
-within 5% of half the teacher's non-embedding parameters. Every candidate is ranked zero-shot (held-out LM loss
-right after pruning); the top ``--top-n`` are distilled for ``--short-steps`` (the search's budget) and again, from
-scratch, for ``--long-steps`` (the check), each with forward KL, the same training blocks in the same order and the
-same seed. Prints every candidate's ranks, Kendall's tau between the rankings, whether the short-budget winner is the
-long-budget winner, the winner's held-out perplexity and wall times.
+Same teacher, data, importance scores, optimizer and held-out windows as ``benchmarks/minitron_table.py`` (its
+functions build them, from the same arguments), so the search's winner can be compared with variant (1) of the table
+at the same number of tokens. Search space: hidden and intermediate sizes in multiples of ``--width-multiple``,
+query/KV heads, all 30 layers, within ``--tolerance`` of ``--ratio`` of the teacher's non-embedding parameters.
+
+1. zero-shot: every candidate pruned with the saved scores and ranked by the LM loss on the calibration blocks right
+   after pruning (what ``choose_widths`` and the table's variant (1) use; Model Optimizer stops here);
+2. short budget: the ``--top-n`` best distilled for ``--short-steps`` each (forward KL) and re-ranked on the same
+   calibration blocks (the search stage's choice);
+3. check: the ``--long-top`` best of (2) distilled again from the pruned weights for ``--long-steps`` and measured
+   on the held-out windows (a check, not a selection). ``--long-steps`` defaults to the table's first evaluation point
+   (49 steps of 4 x 256 at 300k tokens and 6 points), where variant (1)'s held-out perplexity was measured.
+
+Every distillation starts from the same seed and sees the table's training blocks in the table's order (the full
+block set goes to the Trainer, so the seeded sampler yields the same batches). Writes ``--out`` (Markdown) and a JSON
+of every number beside it.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-CALIB = Path(__file__).resolve().parents[2] / "shared" / "data" / "c4_calib.jsonl"
+import minitron_table as table  # the table's data, scores and optimizer settings (this script's folder is on the path)
 
 
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--ratio", type=float, default=0.5, help="budget: fraction of the teacher's non-embedding params")
-    p.add_argument("--tolerance", type=float, default=0.05)
+    p.add_argument("--top-n", type=int, default=6, help="zero-shot best distilled for the short budget")
+    p.add_argument("--short-steps", type=int, default=16, help="optimizer steps of the short budget")
+    p.add_argument("--long-top", type=int, default=3, help="short-budget best distilled again for the long budget")
+    p.add_argument("--long-steps", type=int, default=None,
+                   help="optimizer steps of the long budget (default: the table's first evaluation point)")
     p.add_argument("--width-multiple", type=int, default=64)
-    p.add_argument("--calib-blocks", type=int, default=32, help="blocks the importance scores are computed on")
-    p.add_argument("--eval-blocks", type=int, default=8, help="held-out blocks every loss is measured on")
-    p.add_argument("--seq", type=int, default=256)
-    p.add_argument("--top-n", type=int, default=3)
-    p.add_argument("--short-steps", type=int, default=5)
-    p.add_argument("--long-steps", type=int, default=15)
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--lr", type=float, default=3e-4)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
-    return p.parse_args(argv)
+    p.add_argument("--table-json", default="benchmarks/results/minitron_table.json",
+                   help="the table's JSON: variant (1)'s curve is read from it for the comparison")
+    p.add_argument("--out", default="benchmarks/results/search.md")
+    args, rest = p.parse_known_args(argv)
+    targs = table.parse(rest)  # --tokens, --batch, --seq, --lr, --bf16, --threads, --calib-samples, ... as the table's
+    for name in ("top_n", "short_steps", "long_top"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    return args, targs
 
 
-def distill_args(out_dir: str, steps: int, args):
-    import torch
-
+def distill_config(targs, data, steps: int, out_dir: str):
+    """Variant (1)'s trainer settings (the table's warm-up, computed from the table's full budget) for ``steps``."""
     from hf_minitron.distill import DistillationConfig
 
-    return DistillationConfig(
-        output_dir=out_dir, use_cpu=not torch.cuda.is_available(), bf16=False, max_steps=steps,
-        per_device_train_batch_size=args.batch, learning_rate=args.lr, lr_scheduler_type="constant", weight_decay=0.0,
-        report_to=[], save_strategy="no", max_length=args.seq, seed=args.seed, disable_tqdm=True,
-        logging_steps=max(1, steps))
+    fields = table.trainer_fields(targs, steps, Path(out_dir))
+    fields["warmup_steps"] = table.warmup(targs, data.facts["steps"])
+    return DistillationConfig(**fields, kd_loss="forward_kl")
+
+
+def variant_1_at(path: Path, tokens: int):
+    """Variant (1)'s held-out NLL at ``tokens`` from the table's JSON, or ``None``."""
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    run = record.get("runs", {}).get("1")
+    point = next((c for c in run["curve"] if c[0] == tokens), None) if run else None
+    return None if point is None else {"nll": point[1], "architecture": run["architecture"],
+                                       "command": " ".join(record["command"])}
 
 
 def main(argv=None) -> int:
-    args = parse(argv)
-    if not CALIB.is_file():
-        print(f"{CALIB} is absent: this benchmark needs the workspace's shared/data folder; skipped", file=sys.stderr)
-        return 0
+    args, targs = parse(argv)
+    for path in (table.WIKI, table.C4):
+        if not path.is_file():
+            print(f"{path} is absent: this benchmark needs the workspace's shared/data folder; skipped",
+                  file=sys.stderr)
+            return 0
     import torch
 
-    torch.set_num_threads(args.threads)
+    if targs.threads:
+        torch.set_num_threads(targs.threads)
     from hf_minitron import load_causal_lm
-    from hf_minitron.data import load_texts, split_held_out, token_blocks
-    from hf_minitron.importance import estimate_importance
-    from hf_minitron.search import budget_from, distilled_losses, ranks, search_architectures
+    from hf_minitron.search import budget_from, distilled_losses, kendall_tau, ranks, search_architectures
 
     t0 = time.perf_counter()
-    teacher, tok = load_causal_lm("default")
-    train_texts, held_texts = split_held_out(load_texts(CALIB), 0.1)
-    held = token_blocks(held_texts, tok, args.seq, args.eval_blocks)
-    calib = token_blocks(train_texts, tok, args.seq, args.calib_blocks)
-    need = max(args.short_steps, args.long_steps) * args.batch
-    train = token_blocks(train_texts, tok, args.seq, need)
-    scores = estimate_importance(teacher, calib, batch_size=4, depth_criteria=("block_influence",))
-    from hf_minitron.evaluation import mean_nll
+    machine = table.machine_facts()
+    teacher, tok = load_causal_lm("default", device="cuda" if torch.cuda.is_available() else None)
+    teacher.eval()
+    data = table.load_data(tok, targs)
+    budget = budget_from(teacher, target_ratio=targs.ratio)
+    scores = table.score(teacher, data, tok, targs, 0)
+    teacher_nll = table.held_out_nll(teacher, data)[0]
+    long_steps = args.long_steps or table.eval_steps(data.facts["steps"], targs.eval_points)[0]
+    per_step = targs.batch * targs.seq
+    seconds = {"setup": time.perf_counter() - t0}
+    print(f"setup {seconds['setup']:.0f}s; teacher held-out ppl {math.exp(teacher_nll):.2f}", flush=True)
 
-    teacher_loss = mean_nll(teacher, held)
-    t_setup = time.perf_counter() - t0
-    print(f"setup {t_setup:.0f}s: {calib.shape[0]}x{args.seq} calibration tokens, {held.shape[0]}x{args.seq} "
-          f"held-out, {train.shape[0]}x{args.seq} training; teacher held-out ppl {math.exp(teacher_loss):.2f}",
-          flush=True)
-
-    budget = budget_from(teacher, target_ratio=args.ratio)
-    with tempfile.TemporaryDirectory() as tmp:
-        t1 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="search-bench-") as tmp:
         outcome = search_architectures(
-            teacher, scores, held, budget=budget, tolerance=args.tolerance, width_multiple=args.width_multiple,
-            max_candidates=None, top_n=args.top_n, train_blocks=train[: args.short_steps * args.batch],
-            distill_args=distill_args(f"{tmp}/short", args.short_steps, args), tokenizer=tok, progress=True)
-        t_search = time.perf_counter() - t1
-        top = sorted([c for c in outcome.candidates if c.distill_rank is not None], key=lambda c: c.zero_shot_rank)
-        t2 = time.perf_counter()
-        long = distilled_losses(teacher, tok, scores, top, train[: args.long_steps * args.batch], held,
-                                distill_args(f"{tmp}/long", args.long_steps, args), progress=True)
-        t_long = time.perf_counter() - t2
+            teacher, scores, data.search, budget=budget, tolerance=targs.tolerance, width_multiple=args.width_multiple,
+            max_candidates=None, top_n=args.top_n, train_blocks=data.train,
+            distill_args=distill_config(targs, data, args.short_steps, f"{tmp}/short"), tokenizer=tok, progress=True)
+        top = sorted([c for c in outcome.candidates if c.distill_rank is not None], key=lambda c: c.distill_rank)
+        checked = top[: args.long_top]
+        t = time.perf_counter()
+        long = distilled_losses(teacher, tok, scores, checked, data.train, data.held,
+                                distill_config(targs, data, long_steps, f"{tmp}/long"), progress=True)
+        seconds["long"] = time.perf_counter() - t
+    seconds.update(outcome.seconds)
+    seconds["total"] = time.perf_counter() - t0
     long_ranks = ranks([loss for loss, _ in long])
-    report(args, outcome, top, long, long_ranks, budget, teacher_loss,
-           {"setup": t_setup, "search": t_search, "long": t_long})
+    result = {
+        "budget": budget, "enumerated": outcome.enumerated, "teacher_nll": teacher_nll,
+        "short": {"steps": args.short_steps, "tokens": args.short_steps * per_step},
+        "long": {"steps": long_steps, "tokens": long_steps * per_step},
+        "candidates": [c.to_dict(budget) for c in sorted(outcome.candidates, key=lambda c: c.zero_shot_rank)],
+        "long_check": [{**c.architecture.targets(), "held_out_nll": loss, "rank": r, "seconds": s}
+                       for c, (loss, s), r in zip(checked, long, long_ranks)],
+        "kendall_tau": {
+            "zero_shot_vs_short": kendall_tau([c.zero_shot_rank for c in top], [c.distill_rank for c in top]),
+            "zero_shot_vs_long": kendall_tau([c.zero_shot_rank for c in checked], long_ranks),
+            "short_vs_long": kendall_tau([c.distill_rank for c in checked], long_ranks)},
+        "short_winner_is_long_winner": long_ranks[0] == 1,
+        "zero_shot_winner_is_short_winner": top[0].zero_shot_rank == 1,
+        "variant_1": variant_1_at(table.REPO / args.table_json, long_steps * per_step),
+        "seconds": seconds, "machine": machine, "command": sys.argv, "args": vars(args), "table_args": vars(targs)}
+    out = Path(args.out) if Path(args.out).is_absolute() else table.REPO / args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(markdown(result, outcome, checked, long, long_ranks))
+    out.with_suffix(".json").write_text(json.dumps(result, indent=1, default=str))
+    print(out.read_text())
     return 0
 
 
-def report(args, outcome, top, long, long_ranks, budget, teacher_loss, seconds) -> None:
-    from hf_minitron.search import kendall_tau
+def _tau(value) -> str:
+    return "n/a" if value is None else f"{value:+.2f}"
 
-    print(f"\nbudget {budget:,} non-embedding params ({args.ratio:.0%} of {outcome.teacher_params:,}) +- "
-          f"{args.tolerance:.0%}: {outcome.enumerated} candidates (width multiple {args.width_multiple}, all 30 layers)")
-    print(f"distillation: top {args.top_n}, {args.short_steps} steps (short) and {args.long_steps} steps (long) of "
-          f"{args.batch} x {args.seq} tokens, forward KL, lr {args.lr} constant, seed {args.seed}\n")
-    long_of = {id(c): (loss, r) for c, (loss, _), r in zip(top, long, long_ranks)}
-    print("| hidden | ffn | heads / kv | params (x budget) | zero-shot loss | rank | short-KD loss | rank "
-          "| long-KD loss | rank |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+
+def markdown(result, outcome, checked, long, long_ranks) -> str:
+    budget, m, sec = result["budget"], result["machine"], result["seconds"]
+    long_of = {id(c): (loss, r) for c, (loss, _), r in zip(checked, long, long_ranks)}
+    lines = ["# Architecture search: SmolLM2-135M-Instruct at 50% of its non-embedding parameters", "",
+             f"Command: `.venv/bin/python {' '.join(result['command'])}`", "",
+             f"Machine: {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads, device {m['device']}; "
+             f"torch {m['torch']}, transformers {m['transformers']}, trl {m['trl']}, commit {m['commit']}. Wall time "
+             f"{sec['total'] / 60:.1f} min: setup {sec['setup']:.0f} s, zero-shot ranking {sec['zero_shot']:.0f} s "
+             f"({sec['zero_shot'] / len(outcome.candidates):.1f} s per candidate), short distillation "
+             f"{sec.get('distill', 0):.0f} s, long check {sec['long']:.0f} s.", "",
+             f"{result['enumerated']} architectures within ±5% of {budget:,} non-embedding parameters (all 30 layers). "
+             f"Zero-shot: LM loss on the calibration blocks right after pruning. Short: "
+             f"{result['short']['tokens']:,} tokens of forward-KL distillation each, re-ranked on the calibration "
+             f"blocks. Long check: {result['long']['tokens']:,} tokens, held-out windows (those of the table).", "",
+             "| hidden | ffn | heads / kv | params (× budget) | zero-shot loss | rank | short-KD loss | rank | "
+             "long-KD held-out ppl | rank |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for c in sorted(outcome.candidates, key=lambda c: c.zero_shot_rank):
         a = c.architecture
         short = f"{c.distill_loss:.4f} | {c.distill_rank}" if c.distill_rank else "— | —"
-        lg = f"{long_of[id(c)][0]:.4f} | {long_of[id(c)][1]}" if id(c) in long_of else "— | —"
-        print(f"| {a.hidden_size} | {a.intermediate_size} | {a.num_attention_heads} / {a.num_key_value_heads} | "
-              f"{c.params / 1e6:.2f}M ({c.params / budget:.3f}) | {c.zero_shot_loss:.4f} | {c.zero_shot_rank} | "
-              f"{short} | {lg} |")
-    zs = [c.zero_shot_rank for c in top]
-    short_r = [c.distill_rank for c in top]
-    winner_short = top[short_r.index(1)]
-    winner_long = top[long_ranks.index(1)]
-    print(f"\nKendall tau (top {len(top)}): zero-shot vs short {_fmt(kendall_tau(zs, short_r))}, "
-          f"zero-shot vs long {_fmt(kendall_tau(zs, long_ranks))}, short vs long {_fmt(kendall_tau(short_r, long_ranks))}")
-    print(f"short-budget winner is the long-budget winner: {winner_short is winner_long}; zero-shot winner is the "
-          f"long-budget winner: {top[0] is winner_long}")
-    print(f"held-out perplexity: teacher {math.exp(teacher_loss):.2f}; chosen (short) after the short budget "
-          f"{math.exp(winner_short.distill_loss):.2f}, after the long budget {math.exp(long_of[id(winner_short)][0]):.2f}")
-    print(f"wall time: setup {seconds['setup']:.0f}s, zero-shot ranking {outcome.seconds['zero_shot']:.0f}s "
-          f"({outcome.seconds['zero_shot'] / len(outcome.candidates):.1f}s/candidate), short distillation "
-          f"{outcome.seconds.get('distill', 0):.0f}s, long distillation {seconds['long']:.0f}s")
-
-
-def _fmt(tau) -> str:
-    return "n/a" if tau is None else f"{tau:+.2f}"
+        lg = f"{math.exp(long_of[id(c)][0]):.2f} | {long_of[id(c)][1]}" if id(c) in long_of else "— | —"
+        lines.append(f"| {a.hidden_size} | {a.intermediate_size} | {a.num_attention_heads} / {a.num_key_value_heads} "
+                     f"| {c.params / 1e6:.2f}M ({c.params / budget:.3f}) | {c.zero_shot_loss:.4f} | "
+                     f"{c.zero_shot_rank} | {short} | {lg} |")
+    tau = result["kendall_tau"]
+    winner = checked[0]
+    lines += ["", f"- Kendall tau: zero-shot vs short (top {len([c for c in outcome.candidates if c.distill_rank])}) "
+              f"{_tau(tau['zero_shot_vs_short'])}; zero-shot vs long (top {len(checked)}) "
+              f"{_tau(tau['zero_shot_vs_long'])}; short vs long {_tau(tau['short_vs_long'])}.",
+              f"- The zero-shot winner is the short-budget winner: {result['zero_shot_winner_is_short_winner']}. "
+              f"The short-budget winner is the long-budget winner: {result['short_winner_is_long_winner']}.",
+              f"- Held-out perplexity: teacher {math.exp(result['teacher_nll']):.2f}; the search's choice "
+              f"({winner.architecture.hidden_size} / {winner.architecture.intermediate_size} / "
+              f"{winner.architecture.num_attention_heads} / {winner.architecture.num_key_value_heads}) after "
+              f"{result['long']['tokens']:,} tokens {math.exp(long_of[id(winner)][0]):.2f}."]
+    v1 = result["variant_1"]
+    if v1:
+        a = v1["architecture"]
+        lines.append(f"- Variant (1) of the table (zero-shot widths {a['hidden_size']} / {a['intermediate_size']} / "
+                     f"{a['num_attention_heads']} / {a['num_key_value_heads']}, the same data order, optimizer and "
+                     f"windows) at the same {result['long']['tokens']:,} tokens: {math.exp(v1['nll']):.2f}.")
+    else:
+        lines.append("- Variant (1) of the table: no table JSON with a point at this token count, no comparison.")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
