@@ -117,5 +117,23 @@ def write_json(path: str | os.PathLike, obj, **dumps) -> Path:
     return replace_file(path, json.dumps(obj, **dumps) + "\n")
 
 
-__all__ = ["STALE_AFTER_S", "atomic_output_dir", "check_output_dir", "remove_stale_temporaries", "replace_file",
-           "write_json"]
+def read_json(path: str | os.PathLike, filename: str, *, error: type[Exception], missing: str, invalid: str,
+              label: str = ""):
+    """``(file, object)`` of a stage's JSON product: ``path`` is the file or the folder holding ``filename``. A missing
+    file raises ``error`` (``label`` + the path + ``missing``, what to do), a file that is not JSON raises it with
+    ``invalid`` appended; checking the object's shape is the caller's. ``label``: how the message names ``path``,
+    e.g. ``"architecture="`` for a config field."""
+    import json
+
+    where = Path(path).expanduser()
+    file = where / filename if where.is_dir() else where
+    if not file.is_file():
+        raise error(f"{label}{str(path)!r} holds no {filename}; {missing}")
+    try:
+        return file, json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise error(f"{file} is not valid JSON ({err.msg} at line {err.lineno}); {invalid}") from None
+
+
+__all__ = ["STALE_AFTER_S", "atomic_output_dir", "check_output_dir", "read_json", "remove_stale_temporaries",
+           "replace_file", "write_json"]

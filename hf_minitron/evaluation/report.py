@@ -126,17 +126,10 @@ def read_report(path) -> dict:
     """An ``eval.json`` (``path`` is the file or the folder holding it); a file that is not one is a
     :class:`~hf_minitron.errors.DataError`."""
     from ..errors import DataError
+    from ..outputs import read_json
 
-    p = Path(path).expanduser()
-    if p.is_dir():
-        p = p / REPORT_JSON
-    if not p.is_file():
-        raise DataError(f"report {str(path)!r} holds no {REPORT_JSON}; run the eval stage first "
-                        "(`hf-minitron eval --output_dir DIR ...`)")
-    try:
-        report = json.loads(p.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise DataError(f"{p} is not valid JSON ({err.msg} at line {err.lineno}); re-run the eval stage") from None
+    p, report = read_json(path, REPORT_JSON, error=DataError, invalid="re-run the eval stage", label="report ",
+                          missing="run the eval stage first (`hf-minitron eval --output_dir DIR ...`)")
     if not isinstance(report, dict) or report.get("format") != FORMAT:
         raise DataError(f"{p} is not an hf-minitron evaluation report (no format {FORMAT!r}); re-run the eval stage")
     return report

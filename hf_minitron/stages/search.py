@@ -15,6 +15,7 @@ from typing import Literal
 
 from ..distill.config import DistillationConfig
 from ..errors import ConfigError, DataError
+from ..outputs import read_json
 from .base import StageResult, register_stage
 
 AXES = ("hidden_size", "intermediate_size", "attention", "depth")  # hf_minitron.search.AXES, without importing torch
@@ -283,15 +284,10 @@ def _write_json(path: Path, obj) -> None:
 
 def read_architecture(path) -> dict:
     """The prune targets in a search's ``output_dir`` (or its ``architecture.json``)."""
-    where = Path(path).expanduser()
-    file = where / ARCHITECTURE_FILE if where.is_dir() else where
-    if not file.is_file():
-        raise ConfigError(f"architecture={str(path)!r} holds no {ARCHITECTURE_FILE}; run the search stage first "
-                          "(`hf-minitron search --output_dir DIR`) or give the file")
-    try:
-        targets = json.loads(file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"{file} is not valid JSON ({err.msg} at line {err.lineno}); re-run the search") from None
+    file, targets = read_json(path, ARCHITECTURE_FILE, error=ConfigError, invalid="re-run the search",
+                              label="architecture=",
+                              missing="run the search stage first (`hf-minitron search --output_dir DIR`) or give "
+                                      "the file")
     from ..search import ARCH_FIELDS
 
     if not isinstance(targets, dict) or not targets or set(targets) - set(ARCH_FIELDS):
