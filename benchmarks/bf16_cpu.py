@@ -87,6 +87,11 @@ def main(argv=None) -> int:
     p.add_argument("--seq", type=int, default=256)
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args(argv)
+    for name in ("steps", "batch", "seq"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name} must be >= 1")
+    if args.warmup < 0:
+        p.error("--warmup must be >= 0")
     import torch
 
     if args.threads:

@@ -47,8 +47,8 @@ def parse(argv=None):
     p.add_argument("--out", default="benchmarks/results/search.md")
     args, rest = p.parse_known_args(argv)
     targs = table.parse(rest)  # --tokens, --batch, --seq, --lr, --bf16, --threads, --calib-samples, ... as the table's
-    for name in ("top_n", "short_steps", "long_top"):
-        if getattr(args, name) < 1:
+    for name in ("top_n", "short_steps", "long_top", "long_steps"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     return args, targs
 
