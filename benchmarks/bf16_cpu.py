@@ -33,23 +33,21 @@ def models(seed: int = 0):
     return teacher, student
 
 
-class Timer:
-    """A TrainerCallback recording the wall time of every optimizer step."""
+def step_timer():
+    """A TrainerCallback whose ``times`` holds the wall time of every optimizer step."""
+    from transformers import TrainerCallback
 
-    def __new__(cls):
-        from transformers import TrainerCallback
+    class StepTimer(TrainerCallback):
+        def __init__(self):
+            self.times, self._t = [], None
 
-        class StepTimer(TrainerCallback):
-            def __init__(self):
-                self.times, self._t = [], None
+        def on_step_begin(self, args, state, control, **kw):
+            self._t = time.perf_counter()
 
-            def on_step_begin(self, args, state, control, **kw):
-                self._t = time.perf_counter()
+        def on_step_end(self, args, state, control, **kw):
+            self.times.append(time.perf_counter() - self._t)
 
-            def on_step_end(self, args, state, control, **kw):
-                self.times.append(time.perf_counter() - self._t)
-
-        return StepTimer()
+    return StepTimer()
 
 
 def seconds_per_step(mode: str, args) -> float:
@@ -73,7 +71,7 @@ def seconds_per_step(mode: str, args) -> float:
                                       processing_class=tiny_tokenizer(), teacher_processing_class=tiny_tokenizer())
         if mode == "bf16, teacher fp32":
             trainer.teacher_source.autocast = contextlib.nullcontext  # the teacher's forward outside autocast
-        timer = Timer()
+        timer = step_timer()
         trainer.add_callback(timer)
         trainer.train()
     return sum(timer.times[args.warmup:]) / args.steps

@@ -627,13 +627,21 @@ def write_outputs(args, runs, teacher_nll, bench: Bench, machine: dict, wall: fl
 
 
 # --- main ----------------------------------------------------------------------------------------------------------
-def main(argv=None) -> int:
-    args = parse(argv)
+def shared_data_present() -> bool:
+    """Whether ``wiki_train.txt`` and ``c4_calib.jsonl`` are in the workspace's shared/data folder (says which is
+    absent on stderr when not)."""
     for path in (WIKI, C4):
         if not path.is_file():
             print(f"{path} is absent: this benchmark needs the workspace's shared/data folder; skipped",
                   file=sys.stderr)
-            return 0
+            return False
+    return True
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    if not shared_data_present():
+        return 0
     import torch
 
     if args.threads:

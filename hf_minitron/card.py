@@ -574,8 +574,6 @@ def draw_plots(facts: CardFacts, out_dir: Path) -> dict[str, str]:
 
 
 # --- writing --------------------------------------------------------------------------------------------------------
-
-
 def write_card_files(facts: CardFacts, out_dir: Path, *, template: str = "minitron") -> dict:
     """Draw the plots, render the card and write ``README.md`` (+ ``recipe.yaml``, ``eval.json``) into ``out_dir``,
     each file atomically. Returns ``{"readme", "plots", "files"}``."""

@@ -17,7 +17,6 @@ never asks which kind it holds.
 from __future__ import annotations
 
 import contextlib
-
 import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
